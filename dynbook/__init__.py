@@ -1,0 +1,84 @@
+"""dynbook: the helper package of the executable book *From matrix-based to dynamical deep
+learning — synchronization and energy*.
+
+A chapter imports this package, calls :func:`setup` right after its ``parameters`` cell, records
+what it measures with :func:`record`, asserts what must hold with :func:`check`, answers each
+claim of the documents with :func:`verdict`, and ends with :func:`provenance`.
+
+Importing ``dynbook`` touches no GPU, network or file; submodules load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .params import ParameterError, Run
+from .metrics import ClaimFailed, check, record, verdict
+
+__all__ = ["setup", "record", "check", "verdict", "provenance", "ParameterError", "ClaimFailed", "Run"]
+__version__ = "0.1.0"
+
+
+def setup(chapter: str, namespace: Mapping[str, Any], schema: Mapping | None = None, *,
+          metrics_dir: str | None = None) -> Run:
+    """Validate a chapter's parameters, seed everything and start its record.
+
+    ``namespace`` is the notebook's ``globals()``: every plain-valued public name in it (the
+    parameters cell's names and those papermill injected) must be in ``COMMON`` + ``schema``.
+    Raises :class:`ParameterError` before any work if a name, type or value is not allowed.
+    """
+    from . import metrics as _record, params as _params, plotting
+
+    schema = dict(schema or {})
+    global _setup_calls
+    given = _params.candidate_parameters(namespace)
+    # Re-running the cell interactively finds later cells' variables too: only the first
+    # call in a kernel can tell parameters from results, so later calls ignore extras.
+    first = _setup_calls == 0
+    known = {**_params.COMMON, **schema}
+    values = given if first else {k: v for k, v in given.items() if k in known}
+    values = _params.validate(values, schema, strict=True)
+    device = _params.resolve_device(values["device"])
+    profile = _params.resolve_profile(values["profile"], device)
+    _params.seed_everything(values["seed"])
+    _setup_calls += 1
+    run = Run(chapter, values, device=device, profile=profile)
+    rec = _record.start(chapter, profile=profile, device=device, seed=values["seed"],
+                        parameters=values, directory=metrics_dir)
+    plotting.use_style()
+    v = rec.data["versions"]
+    hw = rec.data["hardware"]
+    print(f"{chapter}: profile={profile} (asked {values['profile']}), device={device} "
+          f"(asked {values['device']}), seed={values['seed']}")
+    print(f"torch {v['torch']} (CUDA {v['cuda']}), python {v['python']}, "
+          f"{hw.get('gpu') or hw['cpu']}, {hw['torch_threads']} threads")
+    print(f"metrics → {rec.path}")
+    return run
+
+
+_setup_calls = 0
+
+
+def provenance():
+    """The closing note of a chapter page: commit, profile, parameters, seed, device,
+    versions and wall time of the run that produced the page."""
+    from IPython.display import Markdown
+
+    from . import metrics as _record
+
+    data = _record.finish()
+    v, hw = data["versions"], data["hardware"]
+    params = ", ".join(f"`{k}={v!r}`" for k, v in data["parameters"].items())
+    device = hw.get("gpu") or hw["cpu"]
+    n_claims = len(data["claims"])
+    n_checks = sum(c["passed"] for c in data["checks"].values())
+    text = (
+        "```{admonition} Provenance of this page\n:class: note\n"
+        f"Executed from commit `{data['commit']}` on {data['started_utc']} with profile "
+        f"**{data['profile']}** on **{data['device']}** ({device}); parameters {params}; "
+        f"seed {data['seed']}. torch {v['torch']}, CUDA {v['cuda']}, Python {v['python']}, "
+        f"dynbook {v['dynbook']}. Wall time {data['wall_seconds']:.1f} s; "
+        f"{n_checks} executable checks passed, {n_claims} claims given a verdict. "
+        f"Metrics: `_build/metrics/{data['chapter']}.json`.\n```"
+    )
+    return Markdown(text)

@@ -1,0 +1,112 @@
+"""What a run ran on: package versions, hardware, git commit. Used for provenance."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("dynbook", "torch", "torchdiffeq", "triton", "numpy", "scipy", "matplotlib", "papermill", "myst-nb")
+
+
+def find_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The book's root (the folder holding ``_toc.yml``), searching upwards from ``start``."""
+    env = os.environ.get("DYNBOOK_ROOT")
+    if env:
+        return Path(env)
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "_toc.yml").is_file() and (d / "dynbook").is_dir():
+            return d
+    return None
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        import torch
+
+        out["cuda"] = torch.version.cuda
+    except ImportError:  # pragma: no cover
+        out["cuda"] = None
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: str = "cpu") -> dict:
+    """CPU model and core count; for CUDA, the GPU name, memory and driver."""
+    import torch
+
+    info = {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_driver=_nvidia_driver(),
+        )
+    return info
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            v = pynvml.nvmlSystemGetDriverVersion()
+            return v.decode() if isinstance(v, bytes) else v
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML means no driver to report
+        return None
+
+
+def hardware_slug(device: str = "cpu") -> str:
+    """A folder name for ``results/<hardware>/``: the GPU or CPU model, lower-case."""
+    hw = hardware(device)
+    name = hw.get("gpu") or hw["cpu"]
+    keep = "".join(c if c.isalnum() else "-" for c in name.lower())
+    return "-".join(p for p in keep.split("-") if p)
+
+
+@lru_cache(maxsize=1)
+def commit() -> str:
+    """``DYNBOOK_COMMIT`` if the CLI set it, else ``git describe`` of the book, else 'unknown'."""
+    env = os.environ.get("DYNBOOK_COMMIT")
+    if env:
+        return env
+    root = find_root()
+    if root is None:
+        return "unknown"
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
