@@ -85,6 +85,12 @@ def chapters(root: Path | None = None) -> list[Chapter]:
 
 def find_chapter(name: str, root: Path | None = None) -> Chapter:
     """A chapter by number (``1``, ``01``), slug (``01_matrix_limits``) or topic (``matrix_limits``)."""
+    path = Path(name)
+    m = re.fullmatch(r"(\d+)_\w+", path.stem)
+    if path.suffix in (".ipynb", ".md") and path.exists() and m:
+        # a notebook not (yet) in _toc.yml, given by path: useful while writing a chapter
+        nb = path.with_suffix(".ipynb").resolve()
+        return Chapter(int(m.group(1)), path.stem, nb.with_suffix(".md"), nb)
     known = chapters(root)
     key = str(name).strip().removesuffix(".ipynb").removesuffix(".md").split("/")[-1]
     for ch in known:

@@ -48,7 +48,8 @@ def _plain(value: Any) -> Any:
     elif hasattr(value, "tolist") and not isinstance(value, (list, tuple, dict, str)):
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else (math.inf if value > 0 else -math.inf)
+        # JSON has no NaN or infinity: NaN becomes null, infinities the strings "inf"/"-inf"
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

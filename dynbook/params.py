@@ -167,7 +167,13 @@ class List(Spec):
             raise self.fail(name, value, "wrong type")
         if len(value) < self.min_len or (self.max_len is not None and len(value) > self.max_len):
             raise self.fail(name, value, "wrong length")
-        return [self.item.check(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(self.item.check(f"{name}[{i}]", v))
+            except ParameterError:
+                raise self.fail(name, value, f"item {i} = {v!r} is not allowed") from None
+        return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""The command line: listing, chapter lookup, parameter parsing and clear failures."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dynbook import cli
+
+ROOT = cli.book_root()
+FIRST = cli.chapters(ROOT)[0]
+
+
+def test_list_shows_chapters_and_parameters(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert FIRST.slug in out and "profile" in out
+
+
+@pytest.mark.parametrize("name", [str(FIRST.number), f"{FIRST.number:02d}", FIRST.slug,
+                                  FIRST.slug.split("_", 1)[1], f"notebooks/{FIRST.slug}.ipynb"])
+def test_find_chapter_by_number_slug_topic_or_path(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert cli.find_chapter(name, ROOT).slug == FIRST.slug
+
+
+def test_unknown_chapter_lists_known(capsys):
+    assert cli.main(["run", "99"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown chapter '99'" in err and FIRST.slug in err
+
+
+@pytest.mark.parametrize("text,expected", [("seed=3", ("seed", 3)), ("lr=1e-3", ("lr", 1e-3)),
+                                           ("device=cpu", ("device", "cpu")), ("x=[1, 2]", ("x", [1, 2])),
+                                           ("flag=True", ("flag", True)), ("n=None", ("n", None))])
+def test_parse_assignment(text, expected):
+    assert cli.parse_assignment(text) == expected
+
+
+def test_malformed_assignment():
+    with pytest.raises(cli.CliError, match="is not NAME=VALUE"):
+        cli.parse_assignment("seed")
+
+
+def test_unknown_parameter_fails_before_a_kernel_starts(capsys, tmp_path):
+    assert cli.main(["run", str(FIRST.number), "-p", "bogus=1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter 'bogus'" in err and "allowed names are" in err
+    assert not (tmp_path / "executed").exists()
+
+
+def test_bad_value_fails_in_the_validation_cell_and_names_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dynbook.cli", "run", str(FIRST.number), "-p", "seed=-1",
+                           "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert "failed in cell" in proc.stderr and "ParameterError" in proc.stderr
+    assert "'seed' = -1 (int)" in proc.stderr and "[0, 4294967295]" in proc.stderr
+    data = tmp_path / "metrics" / f"{FIRST.slug}.json"
+    assert not data.exists(), "nothing may be recorded before the parameters are valid"
+
+
+def test_plain_papermill_validates_unknown_names_too(tmp_path):
+    out = tmp_path / "out.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(FIRST.notebook), str(out),
+                           "-p", "bogus", "3", "--cwd", str(FIRST.notebook.parent)],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**__import__("os").environ, "DYNBOOK_METRICS_DIR": str(tmp_path / "m")})
+    assert proc.returncode != 0
+    assert "unknown parameter 'bogus'" in proc.stderr + out.read_text()
+
+
+def test_claims_ledger_from_metrics():
+    m = {"chapter": "01_x", "profile": "quick", "device": "cpu", "commit": "abc",
+         "hardware": {"cpu": "Some CPU"},
+         "claims": {"C1": {"statement": "a | b", "verdict": "supported", "evidence": "ratio 12"}},
+         "checks": {"K1": {"passed": True}}}
+    text = cli.claims_ledger([m])
+    assert "## 01_x" in text and "**supported**" in text and "a \\| b" in text
+    assert "1 of 1 passed" in text
