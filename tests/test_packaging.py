@@ -1,7 +1,9 @@
 """environment.yml describes the same environment as pyproject.toml and the Makefile."""
 
 import re
-import tomllib
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 import yaml
 
