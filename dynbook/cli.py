@@ -263,6 +263,19 @@ def build_html(stage: Path, out: Path) -> Path:
     return html / "index.html"
 
 
+def save_results(root: Path, metrics_dir: Path, chs: list[Chapter]) -> Path:
+    """Copy the chapters' metrics to ``results/<hardware>/``: the reference results of a run
+    on named hardware (each file carries its own provenance: commit, versions, date)."""
+    dest = None
+    for ch in chs:
+        data = json.loads((metrics_dir / f"{ch.slug}.json").read_text())
+        dest = root / "results" / environment.hardware_slug(data["hardware"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(metrics_dir / f"{ch.slug}.json", dest / f"{ch.slug}.json")
+        print(f"saved {dest / (ch.slug + '.json')}", file=sys.stderr)
+    return dest
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -273,6 +286,8 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for -p device=…")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <book>/_build)")
     p.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
+    p.add_argument("--save-results", action="store_true",
+                   help="also copy the metrics to results/<hardware>/ (for full runs on named hardware)")
 
 
 def _params(args) -> dict:
@@ -308,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         params = _params(args)
         if args.command == "run":
-            run_chapter(find_chapter(args.chapter, root), params, out=out, progress=not args.no_progress)
+            chapter = find_chapter(args.chapter, root)
+            run_chapter(chapter, params, out=out, progress=not args.no_progress)
             print(f"metrics: {out / 'metrics'}")
+            if args.save_results:
+                save_results(root, out / "metrics", [chapter])
             return 0
         # book
         from tqdm import tqdm
@@ -320,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_execute:
             for ch in tqdm(chs, desc="chapters", unit="chapter", disable=args.no_progress):
                 run_chapter(ch, params, out=out, progress=not args.no_progress)
+        if args.save_results:
+            save_results(root, out / "metrics", chs)
         stage = stage_book(root, out / "executed", out / "metrics", out / "stage")
         index = build_html(stage, out)
         print(f"\nThe book is built: {index}")

@@ -85,9 +85,9 @@ def _nvidia_driver() -> str | None:
         return None
 
 
-def hardware_slug(device: str = "cpu") -> str:
-    """A folder name for ``results/<hardware>/``: the GPU or CPU model, lower-case."""
-    hw = hardware(device)
+def hardware_slug(hw: dict) -> str:
+    """A folder name for ``results/<hardware>/`` from a :func:`hardware` record: the GPU or
+    CPU model, lower-case, e.g. ``nvidia-h100-80gb-hbm3``."""
     name = hw.get("gpu") or hw["cpu"]
     keep = "".join(c if c.isalnum() else "-" for c in name.lower())
     return "-".join(p for p in keep.split("-") if p)

@@ -134,8 +134,9 @@ def _check_name(name: str) -> None:
 
 
 def record(name: str, value: Any, *, unit: str = "", claim: str | None = None,
-           labels: dict | None = None, glue: bool = True) -> Any:
-    """Store a measured quantity and glue it; returns ``value`` unchanged.
+           labels: dict | None = None, glue: bool = True) -> None:
+    """Store a measured quantity and glue it (returns None, so a cell ending in a record
+    shows nothing).
 
     ``value`` may be a number, a string, ``None`` (not measured here, e.g. energy without a
     counter), a tensor or a list. ``labels`` says which configuration it was measured at.
@@ -148,10 +149,9 @@ def record(name: str, value: Any, *, unit: str = "", claim: str | None = None,
     rec.write()
     if glue:
         _glue(name, _Text(plain) if isinstance(plain, str) else plain)
-    return value
 
 
-def check(claim: str, statement: str, holds: bool, *, detail: str = "") -> bool:
+def check(claim: str, statement: str, holds: bool, *, detail: str = "") -> None:
     """An executable claim: record it, and raise :class:`ClaimFailed` if it does not hold."""
     rec = current()
     holds = bool(holds)
@@ -161,11 +161,10 @@ def check(claim: str, statement: str, holds: bool, *, detail: str = "") -> bool:
     print(f"[{mark}] {claim}: {statement}" + (f" — {detail}" if detail else ""))
     if not holds:
         raise ClaimFailed(f"{claim}: {statement} — {detail}")
-    return holds
 
 
 def verdict(claim: str, statement: str, outcome: bool | str | None, *, evidence: str = "",
-            source: str = "") -> str:
+            source: str = "") -> None:
     """The run's answer to a claim of the documents; glued as ``verdict_<claim>``.
 
     ``outcome``: True → "supported", False → "not supported", None → "inconclusive", or one
@@ -188,7 +187,6 @@ def verdict(claim: str, statement: str, outcome: bool | str | None, *, evidence:
     rec.write()
     print(f"[{word.upper()}] {claim}: {statement}" + (f" — {evidence}" if evidence else ""))
     _glue(f"verdict_{claim}", _Text(word))
-    return word
 
 
 def finish() -> dict:

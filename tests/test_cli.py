@@ -78,3 +78,19 @@ def test_claims_ledger_from_metrics():
     text = cli.claims_ledger([m])
     assert "## 01_x" in text and "**supported**" in text and "a \\| b" in text
     assert "1 of 1 passed" in text
+
+
+def test_plain_papermill_runs_a_chapter_and_results_can_be_saved(tmp_path):
+    """`python -m papermill` on the committed notebook, tiny sizes; then --save-results' copy."""
+    out = tmp_path / "out.ipynb"
+    tiny = ["-p", "max_batch", "4", "-p", "matrix_size", "64", "-p", "mlp_width", "32",
+            "-p", "train_width", "16", "-p", "profile", "quick", "-p", "device", "cpu"]
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(FIRST.notebook), str(out), *tiny,
+                           "--cwd", str(FIRST.notebook.parent)], capture_output=True, text=True, cwd=ROOT,
+                          env={**__import__("os").environ, "DYNBOOK_METRICS_DIR": str(tmp_path / "metrics")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "metrics" / f"{FIRST.slug}.json").read_text())
+    assert data["parameters"]["matrix_size"] == 64 and data["metrics"]
+    root = tmp_path / "book"
+    dest = cli.save_results(root, tmp_path / "metrics", [FIRST])
+    assert dest.parent == root / "results" and (dest / f"{FIRST.slug}.json").exists()

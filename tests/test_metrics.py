@@ -32,7 +32,7 @@ def test_record_rejects_names_that_cannot_be_glue_keys(run):
 
 
 def test_check_raises_when_false_and_records_both(run):
-    assert dynbook.check("K1", "one is one", 1 == 1)
+    dynbook.check("K1", "one is one", 1 == 1)
     with pytest.raises(dynbook.ClaimFailed, match="K2: two is three"):
         dynbook.check("K2", "two is three", 2 == 3, detail="it is not")
     checks = json.loads(run.read_text())["checks"]
@@ -42,7 +42,7 @@ def test_check_raises_when_false_and_records_both(run):
 @pytest.mark.parametrize("outcome,word", [(True, "supported"), (False, "not supported"),
                                           (None, "inconclusive"), ("unavailable", "unavailable")])
 def test_verdict_words(run, outcome, word):
-    assert dynbook.verdict("C1", "a claim", outcome, evidence="e") == word
+    dynbook.verdict("C1", "a claim", outcome, evidence="e")
     assert json.loads(run.read_text())["claims"]["C1"]["verdict"] == word
 
 
