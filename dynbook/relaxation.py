@@ -1,0 +1,323 @@
+"""Asynchronous iterations simulated exactly in one process, and a local operator computed
+locally and globally.
+
+Bertsekas & Tsitsiklis (1989) write every asynchronous method as ``x_i ← T_i(x(t - d))``: a
+component is updated from values that may be ``d`` updates old. Simulating that in one
+process isolates the *algorithmic* effect of asynchrony from timing noise:
+
+* :func:`jacobi` / :func:`chaotic_relaxation` – the fixed point of a lattice field
+  (screened Poisson, a max-norm contraction) by synchronous sweeps, and by random subsets of
+  sites updating from stale neighbour values (chaotic relaxation, Chazan & Miranker 1969);
+* :func:`delayed_sgd` – SGD whose gradient is evaluated ``tau`` updates ago, many step sizes
+  and delays at once, on streaming linear regression with a known excess risk.
+
+The same nearest-neighbour lattice update is computed as a stencil (:func:`diffusion_step`,
+local: each site reads 4 neighbours) and as the dense matrix of the same linear operator
+(:func:`diffusion_matrix`, global: every site reads every site); :func:`kernel_costs`
+counts the FLOPs and compulsory bytes of these and of the GEMM and scan they are set beside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# ----------------------------------------------------------------------------- lattice
+
+
+def _check_shape(n: int, m: int) -> None:
+    for name, v in (("n", n), ("m", m)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r} is not allowed: expected an integer >= 1")
+
+
+def neighbour_sum(u: torch.Tensor) -> torch.Tensor:
+    """Sum of the 4 nearest neighbours on a periodic lattice; ``u: (..., n, m)``."""
+    return (torch.roll(u, 1, -2) + torch.roll(u, -1, -2) + torch.roll(u, 1, -1) + torch.roll(u, -1, -1))
+
+
+def laplacian(u: torch.Tensor) -> torch.Tensor:
+    """5-point periodic lattice Laplacian ``(Δu)_ij = Σ_nbr u - 4 u_ij``; ``u: (..., n, m)``."""
+    return neighbour_sum(u) - 4 * u
+
+
+def diffusion_step(u: torch.Tensor, alpha: float) -> torch.Tensor:
+    """One explicit diffusion step ``u + α Δu`` as a stencil (stable for ``0 < α ≤ 1/4``)."""
+    return u + alpha * laplacian(u)
+
+
+def diffusion_matrix(n: int, m: int, alpha: float, *, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The same step as a dense ``(n m, n m)`` matrix ``I + α (I_n ⊗ T_m + T_n ⊗ I_m)``
+    (``T`` the periodic second difference; sites flattened row-major, ``i m + j``), assembled
+    entry by entry from the neighbour index map ``(i ± 1 mod n, j ± 1 mod m)`` — independently
+    of the stencil's ``roll`` — in ``dtype`` on ``device`` (no temporaries of size ``(nm)²``)."""
+    _check_shape(n, m)
+    sites = torch.arange(n * m, device=device).view(n, m)
+    i = torch.arange(n, device=device)[:, None].expand(n, m)
+    j = torch.arange(m, device=device)[None, :].expand(n, m)
+    rows = sites.flatten()
+    matrix = torch.zeros(n * m, n * m, dtype=dtype, device=device)
+    value = torch.tensor(alpha, dtype=dtype, device=device).expand(n * m)
+    for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        cols = sites[(i + di) % n, (j + dj) % m].flatten()
+        matrix.index_put_((rows, cols), value, accumulate=True)  # n ≤ 2: two neighbours coincide
+    matrix.index_put_((rows, rows), 1 - 4 * value, accumulate=True)
+    return matrix
+
+
+def diffusion_step_dense(u: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``u: (..., n, m)`` → the step computed as one GEMV/GEMM with the dense operator."""
+    flat = u.reshape(-1, u.shape[-2] * u.shape[-1])
+    return (flat @ matrix.T).reshape(u.shape)
+
+
+# ----------------------------------------------------------------------------- cost counts
+
+
+def kernel_costs(kind: str, *, itemsize: int = 4, **shape) -> dict:
+    """FLOPs and compulsory memory traffic (every operand read once, the result written once)
+    of one call. Shapes: ``gemm(n, k, batch)`` = ``(batch, k) @ (k, n)``;
+    ``stencil(sites, batch)`` and ``dense_operator(sites, batch)`` = one diffusion step of
+    ``batch`` fields; ``scan(length, channels, batch)`` = a prefix sum along ``length``."""
+    if kind == "gemm":
+        n, k, b = shape["n"], shape["k"], shape["batch"]
+        return {"flops": 2 * n * k * b, "bytes": itemsize * (n * k + k * b + n * b)}
+    if kind == "stencil":
+        s, b = shape["sites"], shape["batch"]
+        # 4 neighbour adds, -4u, +α·lap: 7 FLOPs per site; read u, write the new u
+        return {"flops": 7 * s * b, "bytes": itemsize * 2 * s * b}
+    if kind == "dense_operator":
+        s, b = shape["sites"], shape["batch"]
+        return {"flops": 2 * s * s * b, "bytes": itemsize * (s * s + 2 * s * b)}
+    if kind == "scan":
+        n = shape["length"] * shape["channels"] * shape["batch"]
+        return {"flops": n, "bytes": itemsize * 2 * n}
+    raise ValueError(f"kind={kind!r} is not allowed: expected 'gemm', 'stencil', 'dense_operator' or 'scan'")
+
+
+# ----------------------------------------------------------------------------- relaxation
+
+
+def jacobi_map(u: torch.Tensor, source: torch.Tensor, mass2: float) -> torch.Tensor:
+    """``T(u) = (f + Σ_nbr u) / (4 + m²)``: Jacobi for ``(4 + m²) u - Σ_nbr u = f``. A
+    contraction in the max norm with factor ``4 / (4 + m²)``, so synchronous and totally
+    asynchronous iterations share one fixed point (Bertsekas & Tsitsiklis, §6.2)."""
+    return (source + neighbour_sum(u)) / (4 + mass2)
+
+
+def _check_mass(mass2: float) -> None:
+    if not mass2 > 0:
+        raise ValueError(f"mass2={mass2!r} is not allowed: expected > 0 (the map must contract)")
+
+
+def solve_screened_poisson(source: torch.Tensor, mass2: float) -> torch.Tensor:
+    """The exact fixed point by FFT (the periodic operator is diagonal in Fourier space)."""
+    _check_mass(mass2)
+    n, m = source.shape[-2:]
+    kx = 2 * math.pi * torch.fft.fftfreq(n, dtype=torch.float64, device=source.device)
+    ky = 2 * math.pi * torch.fft.fftfreq(m, dtype=torch.float64, device=source.device)
+    symbol = 4 + mass2 - 2 * torch.cos(kx)[:, None] - 2 * torch.cos(ky)[None, :]
+    return torch.fft.ifft2(torch.fft.fft2(source.to(torch.float64)) / symbol).real.to(source.dtype)
+
+
+def jacobi(source: torch.Tensor, mass2: float, *, tol: float = 1e-10, max_sweeps: int = 100_000):
+    """Synchronous Jacobi from ``u = 0`` until ``max|T(u) - u| ≤ tol``.
+    Returns ``(u, sweeps, residuals)``; every site is updated once per sweep."""
+    _check_mass(mass2)
+    residuals = []
+    image = jacobi_map(torch.zeros_like(source), source, mass2)
+    for sweep in range(1, max_sweeps + 1):
+        u = image
+        image = jacobi_map(u, source, mass2)  # the next sweep's result, and this state's residual
+        residuals.append(float((image - u).abs().max()))
+        if residuals[-1] <= tol:
+            return u, sweep, residuals
+    raise RuntimeError(f"jacobi did not reach tol={tol} in max_sweeps={max_sweeps}")
+
+
+def chaotic_relaxation(source: torch.Tensor, mass2: float, *, activation_prob: float = 0.5,
+                       max_delay: int = 3, seed: int = 0, tol: float = 1e-10,
+                       max_ticks: int = 1_000_000):
+    """Totally asynchronous Jacobi: at every tick each site wakes with probability
+    ``activation_prob`` (a random update order) and recomputes itself from neighbour values
+    read ``d ∈ {0..max_delay}`` ticks ago, ``d`` drawn independently per site and neighbour.
+
+    Stops when ``max|T(u) - u| ≤ tol`` for the current state. Returns
+    ``(u, ticks, site_updates, residuals)``; ``site_updates / n_sites`` is comparable to
+    Jacobi sweeps."""
+    _check_mass(mass2)
+    if not 0 < activation_prob <= 1:
+        raise ValueError(f"activation_prob={activation_prob!r} is not allowed: expected in (0, 1]")
+    if isinstance(max_delay, bool) or not isinstance(max_delay, int) or max_delay < 0:
+        raise ValueError(f"max_delay={max_delay!r} is not allowed: expected an integer >= 0")
+    gen = torch.Generator(device=source.device).manual_seed(seed)
+    depth = max_delay + 1
+    u = torch.zeros_like(source)
+    history = torch.zeros((depth, *source.shape), dtype=source.dtype, device=source.device)
+    shifts = ((1, -2), (-1, -2), (1, -1), (-1, -1))
+    updates, residuals = 0, []
+    for tick in range(1, max_ticks + 1):
+        history[tick % depth] = u  # slot tick % depth holds the state at this tick
+        nbr = torch.zeros_like(u)
+        for shift, dim in shifts:
+            delay = torch.randint(0, depth, source.shape, generator=gen, device=source.device)
+            delay = torch.minimum(delay, torch.tensor(tick - 1, device=source.device))
+            slot = (tick - delay) % depth
+            nbr += torch.roll(history, shift, dim).gather(0, slot[None]).squeeze(0)
+        awake = torch.rand(source.shape, generator=gen, device=source.device) < activation_prob
+        u = torch.where(awake, (source + nbr) / (4 + mass2), u)
+        updates += int(awake.sum())
+        residuals.append(float((jacobi_map(u, source, mass2) - u).abs().max()))
+        if residuals[-1] <= tol:
+            return u, tick, updates, residuals
+    raise RuntimeError(f"chaotic_relaxation did not reach tol={tol} in max_ticks={max_ticks}")
+
+
+# ----------------------------------------------------------------------------- delayed SGD
+
+
+def delay_stability_limit(tau: int) -> float:
+    """Largest ``η λ`` for which ``w_{t+1} = w_t - η λ w_{t-τ}`` converges:
+    ``2 sin(π / (2 (2τ + 1)))`` (Levin & May 1976); 2 for ``τ = 0``, about ``π / (2τ)`` for large τ."""
+    if tau < 0:
+        raise ValueError(f"tau={tau!r} is not allowed: expected >= 0")
+    return 2 * math.sin(math.pi / (2 * (2 * tau + 1)))
+
+
+@dataclass(frozen=True)
+class StreamingRegression:
+    """``y = x·w* + σ ε`` with fresh ``x ~ N(0, Σ)`` every step, ``Σ = diag(λ)``, ``λ``
+    geometric from ``lam_min`` to ``lam_max`` over ``dim`` directions. Excess risk
+    ``E(w) = ½ (w - w*)ᵀ Σ (w - w*)`` is known exactly (no test-set noise)."""
+
+    dim: int = 16
+    lam_min: float = 0.1
+    lam_max: float = 1.0
+    noise: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dim < 1:
+            raise ValueError(f"dim={self.dim!r} is not allowed: expected >= 1")
+        if not 0 < self.lam_min <= self.lam_max:
+            raise ValueError(f"lam_min={self.lam_min!r}, lam_max={self.lam_max!r} are not allowed: "
+                             "expected 0 < lam_min <= lam_max")
+
+    def spectrum(self) -> torch.Tensor:
+        return torch.logspace(math.log10(self.lam_max), math.log10(self.lam_min), self.dim,
+                              dtype=torch.float64)
+
+    def w_star(self) -> torch.Tensor:
+        return torch.randn(self.dim, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+
+
+def delayed_sgd(problem: StreamingRegression, step_sizes, delays, n_steps: int, *,
+                batch_size: int = 1, n_seeds: int = 8, seed: int = 0, exact_gradient: bool = False,
+                n_records: int = 64, blowup: float = 1e6) -> dict:
+    """SGD with stale gradients, ``w_{t+1} = w_t - η_c ĝ(w_{t - τ_c})``, for configurations
+    ``c`` (``step_sizes`` and ``delays`` of equal length) run side by side from ``w = 0`` on
+    the same samples (common random numbers), ``n_seeds`` independent repetitions.
+
+    ``τ = W - 1`` models ``W`` workers in round robin: each update applies a gradient computed
+    before the other ``W - 1`` workers' updates landed. ``exact_gradient`` uses ``Σ (w - w*)``.
+
+    Returns ``final`` (C,) mean excess risk over the last tenth of the steps and the seeds
+    (``nan`` once a run exceeded ``blowup`` × its start: diverged), ``curve`` (records, C),
+    ``steps`` (records,), ``diverged`` (C,) bool.
+    """
+    eta = torch.as_tensor(step_sizes, dtype=torch.float64)
+    tau = torch.as_tensor(delays, dtype=torch.long)
+    if eta.ndim != 1 or eta.shape != tau.shape:
+        raise ValueError(f"step_sizes and delays must be 1-D of equal length; got {tuple(eta.shape)} and {tuple(tau.shape)}")
+    if (tau < 0).any() or not (eta > 0).all():
+        raise ValueError(f"delays={tau.tolist()} and step_sizes={eta.tolist()} are not allowed: "
+                         "expected delays >= 0 and step sizes > 0")
+    if n_steps < 1:
+        raise ValueError(f"n_steps={n_steps!r} is not allowed: expected >= 1")
+    lam, w_star = problem.spectrum(), problem.w_star()
+    C, S, d = len(eta), n_seeds, problem.dim
+    depth = int(tau.max()) + 1
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.zeros(S, C, d, dtype=torch.float64)
+    history = torch.zeros(depth, S, C, d, dtype=torch.float64)  # slot t % depth = w_t
+    cols = torch.arange(C)
+    excess0 = 0.5 * (lam * w_star ** 2).sum()
+    alive = torch.ones(C, dtype=torch.bool)
+    tail_start = n_steps - max(1, n_steps // 10)
+    tail = torch.zeros(C, dtype=torch.float64)
+    record_at = set(torch.linspace(0, n_steps, n_records).round().long().tolist())
+    curve, steps = [], []
+    chunk = 256  # draw samples for many steps at once: the loop is overhead-bound
+    for t in range(n_steps + 1):
+        if t in record_at or t >= tail_start:
+            err = w - w_star
+            excess = 0.5 * (lam * err ** 2).sum(-1).mean(0)  # (C,)
+            alive &= torch.isfinite(excess) & (excess < blowup * excess0)
+            if t in record_at:
+                curve.append(torch.where(alive, excess, torch.nan))
+                steps.append(t)
+            if tail_start <= t < n_steps:
+                tail += torch.where(alive, excess, 0.0)
+        if t == n_steps:
+            break
+        history[t % depth] = w
+        stale = history[(t - tau).clamp(min=0) % depth, :, cols].transpose(0, 1) - w_star  # (S, C, d)
+        if exact_gradient:
+            grad = lam * stale
+        else:
+            if t % chunk == 0:
+                xs = torch.randn(chunk, S, batch_size, d, generator=gen, dtype=torch.float64) * lam.sqrt()
+                noises = problem.noise * torch.randn(chunk, S, 1, batch_size, generator=gen, dtype=torch.float64)
+            x, noise = xs[t % chunk], noises[t % chunk]
+            resid = torch.einsum("sbd,scd->scb", x, stale) - noise
+            grad = torch.einsum("sbd,scb->scd", x, resid) / batch_size
+        # a diverged run is frozen (its nan/inf must not leak into the update)
+        w = torch.where(alive[None, :, None], w - eta[None, :, None] * grad, w)
+    final = torch.where(alive, tail / (n_steps - tail_start), torch.nan)
+    return {"final": final, "curve": torch.stack(curve), "steps": torch.tensor(steps),
+            "diverged": ~alive}
+
+
+def tolerated_workers(problem: StreamingRegression, n_steps: int, workers, step_size: float, *,
+                      rel_tol: float = 0.1, **kwargs) -> tuple[int, torch.Tensor]:
+    """Largest ``W`` in ``workers`` (which must start at 1) such that every ``W' ≤ W`` ends
+    within ``(1 + rel_tol)`` × the excess risk of ``W = 1`` after ``n_steps`` updates, i.e.
+    asynchrony costs no extra iterations: wall time falls like ``1 / W`` (linear speed-up).
+    Returns ``(W_max, final excess risk per W)``."""
+    workers = list(workers)
+    if workers[0] != 1 or sorted(workers) != workers:
+        raise ValueError(f"workers={workers!r} is not allowed: expected an increasing list starting at 1")
+    out = delayed_sgd(problem, [step_size] * len(workers), [w - 1 for w in workers], n_steps, **kwargs)
+    final = out["final"]
+    ok = torch.nan_to_num(final, nan=math.inf) <= (1 + rel_tol) * final[0]
+    best = 1
+    for w, good in zip(workers, ok.tolist()):
+        if not good:
+            break
+        best = w
+    return best, final
+
+
+def measured_stability_limits(delays, grid, *, n_steps: int = 3000) -> torch.Tensor:
+    """For each delay ``τ``, the largest ``a = η λ`` in the increasing ``grid`` for which delayed
+    gradient descent on ``½ λ w²`` (exact gradient, from ``w = 1``) ends below where it started,
+    with every smaller ``a`` on the grid converging too. Measured by simulation, to compare with
+    :func:`delay_stability_limit`. Returns ``(len(delays),)``; ``nan`` if even ``grid[0]`` fails."""
+    delays, grid = list(delays), [float(a) for a in grid]
+    if sorted(grid) != grid or grid[0] <= 0:
+        raise ValueError("grid is not allowed: expected increasing positive step sizes")
+    one_d = StreamingRegression(dim=1, lam_min=1.0, lam_max=1.0, noise=0.0)
+    etas = [a for _ in delays for a in grid]
+    taus = [t for t in delays for _ in grid]
+    out = delayed_sgd(one_d, etas, taus, n_steps, n_seeds=1, exact_gradient=True, n_records=2)
+    start = 0.5 * float(one_d.w_star() ** 2)
+    ok = (torch.nan_to_num(out["final"], nan=math.inf) < start).view(len(delays), len(grid))
+    limits = []
+    for row in ok.tolist():
+        good = 0
+        while good < len(grid) and row[good]:
+            good += 1
+        limits.append(grid[good - 1] if good else math.nan)
+    return torch.tensor(limits, dtype=torch.float64)

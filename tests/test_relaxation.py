@@ -1,0 +1,135 @@
+"""dynbook.relaxation: the lattice operator in two forms, synchronous and chaotic relaxation,
+delayed-gradient SGD and its stability limit, each against an exact or independent result."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dynbook import relaxation as R
+
+
+@pytest.mark.parametrize("shape", [(7, 13), (1, 5), (2, 3), (4, 4), (3, 11, 6)])
+def test_stencil_equals_dense_matrix(shape):
+    u = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    n, m = shape[-2:]
+    a = R.diffusion_matrix(n, m, 0.17, dtype=torch.float64)
+    torch.testing.assert_close(R.diffusion_step(u, 0.17), R.diffusion_step_dense(u, a), rtol=0, atol=1e-13)
+
+
+def test_diffusion_matrix_conserves_mass_and_is_symmetric():
+    a = R.diffusion_matrix(5, 8, 0.2, dtype=torch.float64)
+    torch.testing.assert_close(a.sum(1), torch.ones(40, dtype=torch.float64))
+    torch.testing.assert_close(a, a.T)
+
+
+def test_laplacian_of_a_plane_wave_is_its_eigenvalue():
+    n, m, p, q = 12, 10, 3, 2
+    i, j = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(m, dtype=torch.float64), indexing="ij")
+    kx, ky = 2 * math.pi * p / n, 2 * math.pi * q / m
+    wave = torch.cos(kx * i + ky * j)
+    eig = 2 * math.cos(kx) + 2 * math.cos(ky) - 4
+    torch.testing.assert_close(R.laplacian(wave), eig * wave, rtol=0, atol=1e-12)
+
+
+def test_kernel_costs():
+    assert R.kernel_costs("gemm", n=3, k=4, batch=5) == {"flops": 120, "bytes": 4 * (12 + 20 + 15)}
+    dense, stencil = R.kernel_costs("dense_operator", sites=100, batch=1), R.kernel_costs("stencil", sites=100, batch=1)
+    assert dense["bytes"] / stencil["bytes"] > 50
+    with pytest.raises(ValueError, match="kind='fft'"):
+        R.kernel_costs("fft", n=1)
+
+
+def test_fft_solve_satisfies_the_equation():
+    f = torch.randn(9, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    u = R.solve_screened_poisson(f, 0.3)
+    torch.testing.assert_close((4 + 0.3) * u - R.neighbour_sum(u), f, rtol=0, atol=1e-12)
+
+
+def test_jacobi_and_chaotic_relaxation_reach_the_fixed_point():
+    f = torch.randn(9, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    exact = R.solve_screened_poisson(f, 1.0)
+    u, sweeps, res = R.jacobi(f, 1.0, tol=1e-11)
+    assert (u - exact).abs().max() < 1e-9 and res[-1] <= 1e-11
+    for prob, delay in [(0.3, 0), (0.7, 5)]:
+        v, ticks, updates, _ = R.chaotic_relaxation(f, 1.0, activation_prob=prob, max_delay=delay, seed=4, tol=1e-11)
+        assert (v - exact).abs().max() < 1e-9
+        assert updates / f.numel() >= 0.5 * sweeps  # no free lunch: about as much work or more
+
+
+def test_chaotic_relaxation_without_randomness_is_jacobi():
+    f = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    u, sweeps, res = R.jacobi(f, 0.5, tol=1e-9)
+    v, ticks, updates, res_async = R.chaotic_relaxation(f, 0.5, activation_prob=1.0, max_delay=0, tol=1e-9)
+    assert ticks == sweeps and updates == sweeps * 30
+    torch.testing.assert_close(u, v, rtol=0, atol=1e-15)
+
+
+def test_relaxation_bad_inputs():
+    f = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="mass2=0"):
+        R.jacobi(f, 0)
+    with pytest.raises(ValueError, match="activation_prob=0"):
+        R.chaotic_relaxation(f, 1.0, activation_prob=0)
+    with pytest.raises(ValueError, match="max_delay=-1"):
+        R.chaotic_relaxation(f, 1.0, max_delay=-1)
+    with pytest.raises(ValueError, match="n=0"):
+        R.diffusion_matrix(0, 3, 0.1)
+
+
+def _spectral_radius(a, tau):
+    """Largest root modulus of z^(τ+1) - z^τ + a = 0 (the delayed recursion's characteristic polynomial)."""
+    coeffs = np.zeros(tau + 2)
+    coeffs[0], coeffs[1], coeffs[-1] = 1.0, -1.0, a
+    if tau == 0:
+        coeffs = np.array([1.0, a - 1.0])
+    return max(abs(np.roots(coeffs)))
+
+
+@pytest.mark.parametrize("tau", range(0, 8))
+def test_delay_stability_limit_is_the_root_boundary(tau):
+    limit = R.delay_stability_limit(tau)
+    assert _spectral_radius(0.99 * limit, tau) < 1 < _spectral_radius(1.01 * limit, tau)
+
+
+def test_delayed_gradient_descent_matches_a_hand_written_loop():
+    pb = R.StreamingRegression(dim=4, lam_min=0.2, lam_max=1.0, seed=7)
+    lam, w_star = pb.spectrum(), pb.w_star()
+    eta, tau, n = 0.3, 2, 40
+    ws = [torch.zeros(4, dtype=torch.float64)]
+    for t in range(n):
+        ws.append(ws[-1] - eta * lam * (ws[max(t - tau, 0)] - w_star))
+    tail = range(n - n // 10, n)
+    expected = np.mean([float(0.5 * (lam * (ws[t] - w_star) ** 2).sum()) for t in tail])
+    out = R.delayed_sgd(pb, [eta], [tau], n, n_seeds=1, exact_gradient=True)
+    assert float(out["final"][0]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_delayed_sgd_configurations_share_samples_and_flag_divergence():
+    pb = R.StreamingRegression(dim=3, seed=1)
+    out = R.delayed_sgd(pb, [0.05, 0.05, 3.0], [1, 1, 0], 300, n_seeds=3, seed=9)
+    assert float(out["final"][0]) == float(out["final"][1])  # common random numbers
+    assert out["diverged"].tolist() == [False, False, True] and math.isnan(float(out["final"][2]))
+    assert out["curve"].shape[1] == 3
+
+
+def test_measured_stability_limits_match_theory():
+    taus = [0, 1, 3, 6]
+    grid = np.geomspace(0.1, 2.5, 80).tolist()
+    measured = R.measured_stability_limits(taus, grid, n_steps=4000)
+    ratio = grid[1] / grid[0]
+    for m, tau in zip(measured.tolist(), taus):
+        assert m / 1.01 <= R.delay_stability_limit(tau) < m * ratio * 1.01
+
+
+def test_tolerated_workers_and_bad_inputs():
+    pb = R.StreamingRegression(dim=4, seed=0)
+    w_max, final = R.tolerated_workers(pb, 256, [1, 2, 4, 8, 64], 0.05, n_seeds=2)
+    assert w_max in (1, 2, 4, 8, 64) and final.shape == (5,)
+    with pytest.raises(ValueError, match="workers="):
+        R.tolerated_workers(pb, 16, [2, 4], 0.1)
+    with pytest.raises(ValueError, match="delays="):
+        R.delayed_sgd(pb, [0.1], [-1], 10)
+    with pytest.raises(ValueError, match="lam_min"):
+        R.StreamingRegression(lam_min=2.0, lam_max=1.0)
