@@ -1,0 +1,271 @@
+"""dynbook.ode: ResNets as Euler/RK4 integrators (orders against exact solutions, agreement
+with torchdiffeq's fixed-grid solvers, gradients), stable blocks (antisymmetric spectrum,
+leapfrog reversibility and volume preservation), stability measurements and Lyapunov exponents."""
+
+import math
+
+import pytest
+import torch
+from torchdiffeq import odeint
+
+from dynbook import ode
+
+F64 = torch.float64
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- linear ODE, exact solution
+
+
+class LinearField:
+    """dy/dt = cos(t) A y, exact solution y(T) = exp(sin(T) A) y0 (A commutes with itself)."""
+
+    def __init__(self, dim=5, seed=0):
+        self.A = torch.randn(dim, dim, generator=gen(seed), dtype=F64) / math.sqrt(dim)
+
+    def __call__(self, t, y):
+        return math.cos(float(t)) * (y @ self.A.T)
+
+    def exact(self, y0, T):
+        return y0 @ torch.linalg.matrix_exp(math.sin(T) * self.A).T
+
+
+@pytest.mark.parametrize("scheme,depths,lo,hi", [
+    ("euler", [64, 128, 256, 512, 1024], 0.95, 1.05),
+    ("rk4", [8, 16, 32, 64], 3.8, 4.2),
+])
+def test_order_of_convergence_on_linear_ode(scheme, depths, lo, hi):
+    f = LinearField()
+    y0 = torch.randn(7, 5, generator=gen(1), dtype=F64)
+    T = 1.3
+    errors = ode.depth_errors(f, y0, T, depths, f.exact(y0, T), scheme=scheme)
+    order, used = ode.convergence_order(depths, errors)
+    assert used == depths
+    assert lo <= order <= hi, (scheme, order, errors)
+
+
+def test_three_eighths_rule_has_order_four_too():
+    f = LinearField(seed=3)
+    y0 = torch.randn(4, 5, generator=gen(2), dtype=F64)
+    exact = f.exact(y0, 2.0)
+    errors = [ode.rms(ode.resnet_rk4(f, y0, 2.0, L, rule="3/8"), exact) for L in (8, 16, 32, 64)]
+    order, _ = ode.convergence_order([8, 16, 32, 64], errors)
+    assert 3.8 <= order <= 4.2
+
+
+def test_ode_flow_matches_exact_solution():
+    f = LinearField(seed=4)
+    y0 = torch.randn(3, 5, generator=gen(5), dtype=F64)
+    assert ode.rms(ode.ode_flow(f, y0, 1.7), f.exact(y0, 1.7)) < 1e-8
+
+
+# ----------------------------------------------------------------------------- against torchdiffeq
+
+
+def test_resnets_equal_torchdiffeq_fixed_grid_solvers():
+    f = ode.KnotField(3, 11, [0.0, 0.3, 0.55, 1.2], generator=gen(6))
+    y0 = torch.randn(9, 3, generator=gen(7), dtype=F64)
+    T, L = 1.2, 13
+    grid = torch.linspace(0, T, L + 1, dtype=F64)
+    with torch.no_grad():
+        euler = odeint(f, y0, grid, method="euler")[-1]
+        rk4 = odeint(f, y0, grid, method="rk4")[-1]  # torchdiffeq's rk4 is the 3/8 rule
+        assert torch.allclose(ode.resnet_euler(f, y0, T, L), euler, rtol=0, atol=1e-13)
+        assert torch.allclose(ode.resnet_rk4(f, y0, T, L, rule="3/8"), rk4, rtol=0, atol=1e-13)
+        states = ode.resnet_euler(f, y0, T, L, return_states=True)
+        assert states.shape == (L + 1, 9, 3)
+        assert torch.allclose(states, odeint(f, y0, grid, method="euler"), rtol=0, atol=1e-13)
+
+
+def test_knot_field_interpolates_linearly_and_untied_resnet_reads_its_layers():
+    f = ode.KnotField(2, 4, [0.0, 1.0, 3.0], generator=gen(8))
+    B1 = f.weights(1.0)[0]
+    assert torch.equal(B1, f.w_in[1])
+    assert torch.allclose(f.weights(2.0)[2], 0.5 * (f.w_out[1] + f.w_out[2]))
+    assert torch.equal(f.weights(-5.0)[1], f.b_in[0]) and torch.equal(f.weights(9.0)[1], f.b_in[2])
+    const = ode.KnotField(2, 4, [0.0], generator=gen(9))
+    assert torch.equal(const.weights(0.7)[0], const.w_in[0])
+
+    T, L = 2.0, 6
+    untied = ode.KnotField(2, 5, ode.layer_times(T, L), generator=gen(10))
+    y = y0 = torch.randn(4, 2, generator=gen(11), dtype=F64)
+    for l in range(L):  # a textbook ResNet: layer l has its own weights
+        hidden = torch.tanh(y @ untied.w_in[l].T + untied.b_in[l])
+        y = y + (T / L) * (hidden @ untied.w_out[l].T + untied.b_out[l])
+    assert torch.allclose(ode.resnet_euler(untied, y0, T, L), y, rtol=0, atol=1e-14)
+
+
+def test_gradients_of_resnets_by_gradcheck():
+    f = ode.KnotField(2, 3, [0.0, 0.4, 1.0], generator=gen(12))
+    names = [n for n, _ in f.named_parameters()]
+
+    def run(net, y0, *params):
+        field = lambda t, y: torch.func.functional_call(f, dict(zip(names, params)), (t, y))  # noqa: E731
+        return net(field, y0, 1.0, 5)
+
+    y0 = torch.randn(3, 2, generator=gen(13), dtype=F64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_(True) for p in f.parameters()]
+    assert torch.autograd.gradcheck(lambda y, *p: run(ode.resnet_euler, y, *p), (y0, *params))
+    assert torch.autograd.gradcheck(lambda y, *p: run(ode.resnet_rk4, y, *p), (y0, *params))
+
+
+def test_train_field_lowers_the_loss_deterministically():
+    x = torch.randn(32, 2, generator=gen(14), dtype=F64)
+    target = x @ torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=F64)
+    runs = []
+    for _ in range(2):
+        f = ode.KnotField(2, 8, [0.0, 1.0], generator=gen(15))
+        runs.append(ode.train_field(f, x, target, 1.0, 4, steps=30))
+    assert runs[0] == runs[1]
+    assert runs[0][-1] < 0.5 * runs[0][0]
+
+
+def test_convergence_order_of_a_power_law_and_floor():
+    depths = [4, 8, 16, 32, 64]
+    errors = [3.0 * L**-2.0 for L in depths[:-1]] + [1e-16]
+    order, used = ode.convergence_order(depths, errors, floor=1e-12)
+    assert order == pytest.approx(2.0) and used == depths[:-1]
+    with pytest.raises(ValueError, match="two depths"):
+        ode.convergence_order(depths, errors, min_depth=64)
+
+
+# ----------------------------------------------------------------------------- stable blocks
+
+
+def test_antisymmetric_block_jacobian_has_real_part_minus_gamma():
+    d, gamma = 8, 0.07
+    W = torch.randn(d, d, generator=gen(16), dtype=F64)
+    K = ode.antisymmetric(W, gamma)
+    assert torch.allclose(K + K.T, -2 * gamma * torch.eye(d, dtype=F64))
+    b = torch.randn(d, generator=gen(17), dtype=F64)
+    net = ode.TiedResNet("antisymmetric", W, b, 0.1, gamma=gamma)
+    y_star = torch.linalg.solve(K, -b)  # K y* + b = 0, where tanh' = 1
+    J = torch.func.jacrev(net.vector_field)(y_star.detach())
+    eig = torch.linalg.eigvals(J)
+    assert torch.allclose(eig.real, torch.full((d,), -gamma, dtype=F64), atol=1e-12)
+    # away from the equilibrium tanh' < 1 breaks the exact statement: the test can fail
+    J_far = torch.func.jacrev(net.vector_field)(y_star.detach() + 1.0)
+    assert not torch.allclose(torch.linalg.eigvals(J_far).real, torch.full((d,), -gamma, dtype=F64), atol=1e-3)
+
+
+def test_leapfrog_is_reversible_and_volume_preserving():
+    d = 5
+    W = torch.randn(d, d, generator=gen(18), dtype=F64)
+    b = torch.randn(d, generator=gen(19), dtype=F64)
+    ham = ode.TiedResNet("hamiltonian", W, b, 0.2)
+    x0 = torch.randn(6, 2 * d, generator=gen(20), dtype=F64)
+    with torch.no_grad():
+        assert torch.allclose(ham.inverse(ham(x0, 300), 300), x0, rtol=0, atol=1e-10)
+    jac = torch.func.jacrev(lambda x: ham(x, 7))(x0[0].detach())
+    sign, logdet = torch.linalg.slogdet(jac)
+    assert sign == 1 and abs(float(logdet.detach())) < 1e-12
+    plain = ode.TiedResNet("plain", W, b, 0.2)
+    _, logdet_plain = torch.linalg.slogdet(torch.func.jacrev(lambda y: plain(y, 7))(x0[0, :d].detach()).detach())
+    assert abs(float(logdet_plain)) > 1e-3  # a plain ResNet is not volume preserving
+    with pytest.raises(ValueError, match="hamiltonian"):
+        plain.inverse_step(x0[:, :d])
+
+
+@pytest.mark.parametrize("kind", ode.KINDS)
+def test_tangent_step_equals_torch_func_jvp_for_a_stack_of_networks(kind):
+    n, d, B = 3, 6, 4
+    W = torch.randn(n, d, d, generator=gen(21), dtype=F64)
+    b = torch.randn(n, d, generator=gen(22), dtype=F64)
+    net = ode.TiedResNet(kind, W, b, 0.3, gamma=0.1)
+    width = 2 * d if kind == "hamiltonian" else d
+    x = torch.randn(n, B, width, generator=gen(23), dtype=F64)
+    v = torch.randn(n, B, width, generator=gen(24), dtype=F64)
+    with torch.no_grad():
+        ref = torch.func.jvp(net.step, (x,), (v,))
+        got = net.tangent_step(x, v)
+        # one network of the stack on its own gives the same layer
+        single = ode.TiedResNet(kind, W[1], b[1], 0.3, gamma=0.1)
+        assert torch.allclose(single.step(x[1]), ref[0][1], atol=1e-14)
+    assert torch.allclose(got[0], ref[0], atol=1e-14) and torch.allclose(got[1], ref[1], atol=1e-13)
+
+
+def test_perturbation_and_gradient_growth_at_the_equilibrium_are_matrix_powers():
+    d, h, L = 6, 0.3, 40
+    W = torch.randn(d, d, generator=gen(25), dtype=F64) / math.sqrt(d)
+    b = torch.randn(d, generator=gen(26), dtype=F64)
+    net = ode.TiedResNet("plain", W, b, h)
+    y_star = torch.linalg.solve(W, -b)[None]  # the trajectory stays at y*, where J = I + h W
+    v = torch.randn(1, d, generator=gen(27), dtype=F64)
+    A = torch.eye(d, dtype=F64) + h * W
+    growth = ode.perturbation_growth(net, y_star, L, v)
+    assert len(growth) == L + 1 and growth[0] == 1.0
+    exact = (v @ torch.linalg.matrix_power(A, L).T).norm() / v.norm()
+    assert growth[L] == pytest.approx(float(exact), rel=1e-10)
+    c = torch.randn(1, d, generator=gen(28), dtype=F64)
+    (g,) = ode.gradient_growth(net, y_star, [L], c)
+    assert g == pytest.approx(float((c @ torch.linalg.matrix_power(A, L)).norm() / c.norm()), rel=1e-8)
+
+
+def test_euler_stable_step_formula_and_measurement():
+    gamma, omega = 0.1, torch.tensor([0.5, 2.0], dtype=F64)
+    lam = torch.cat([torch.complex(-gamma * torch.ones(2, dtype=F64), omega),
+                     torch.complex(-gamma * torch.ones(2, dtype=F64), -omega)])
+    assert ode.euler_stable_step(lam) == pytest.approx(2 * gamma / (gamma**2 + 4.0))
+    assert ode.euler_stable_step(torch.tensor([1j, -1.0])) == 0.0  # pure rotation: never stable
+    d = 6
+    W = torch.randn(d, d, generator=gen(29), dtype=F64) / math.sqrt(d)
+    b = 0.1 * torch.randn(d, generator=gen(30), dtype=F64)
+    K = ode.antisymmetric(W, gamma)
+    predicted = ode.euler_stable_step(torch.linalg.eigvals(K))
+    y_star = torch.linalg.solve(K, -b)
+    measured = ode.measured_stable_step(lambda h: ode.TiedResNet("antisymmetric", W, b, h, gamma=gamma),
+                                        y_star, h_max=2 * predicted, n_layers=600, tol=2e-3)
+    assert measured == pytest.approx(predicted, rel=0.01)
+
+
+# ----------------------------------------------------------------------------- edge of chaos
+
+
+def test_tanh_lyapunov_one_layer_equals_torch_func_jvp():
+    N, s, sb = 7, 1.3, 0.2
+    lam = ode.tanh_lyapunov(s, width=N, depth=1, bias_scale=sb, n_inputs=3, generator=gen(31), dtype=F64)
+    g = gen(31)  # replay the draws in the function's order: x, v, W, b
+    x = torch.randn(3, N, generator=g, dtype=F64)
+    v = torch.randn(3, N, generator=g, dtype=F64)
+    v = v / v.norm(dim=-1, keepdim=True)
+    W = torch.randn(N, N, generator=g, dtype=F64) * (s / math.sqrt(N))
+    b = torch.randn(N, generator=g, dtype=F64) * sb
+    _, jv = torch.func.jvp(lambda x: torch.tanh(x @ W.T + b), (x,), (v,))
+    assert lam == pytest.approx(float(jv.norm(dim=-1).log().mean()), rel=1e-12)
+
+
+def test_tanh_lyapunov_agrees_with_mean_field_theory():
+    q, chi = ode.mean_field_chi(0.5, 0.0)
+    assert q < 1e-10 and chi == pytest.approx(0.25)
+    for s, sb in [(0.5, 0.0), (2.5, 0.3)]:
+        lam = ode.tanh_lyapunov(s, width=256, depth=60, bias_scale=sb, burn_in=20, generator=gen(32), dtype=F64)
+        assert lam == pytest.approx(0.5 * math.log(ode.mean_field_chi(s, sb)[1]), abs=0.03)
+    sc = ode.critical_weight_scale(0.3)
+    assert ode.mean_field_chi(sc, 0.3)[1] == pytest.approx(1.0, abs=1e-9)
+    assert 1.0 < sc < 2.0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: ode.resnet_euler(lambda t, y: y, torch.zeros(2), 1.0, 0), "n_layers"),
+    (lambda: ode.resnet_euler(lambda t, y: y, torch.zeros(2), -1.0, 3), "T"),
+    (lambda: ode.resnet_rk4(lambda t, y: y, torch.zeros(2), 1.0, 3, rule="rk5"), "rule"),
+    (lambda: ode.KnotField(2, 3, [0.0, 0.0]), "knot_times"),
+    (lambda: ode.KnotField(0, 3, [0.0]), "dim"),
+    (lambda: ode.TiedResNet("resnet", torch.eye(2), torch.zeros(2), 0.1), "kind"),
+    (lambda: ode.TiedResNet("plain", torch.eye(2), torch.zeros(2), 0.0), "step_size"),
+    (lambda: ode.TiedResNet("antisymmetric", torch.eye(2), torch.zeros(2), 0.1, gamma=-1.0), "gamma"),
+    (lambda: ode.TiedResNet("plain", torch.ones(2, 3), torch.zeros(2), 0.1), "W"),
+    (lambda: ode.depth_errors(lambda t, y: y, torch.zeros(2), 1.0, [2], torch.zeros(2), scheme="rk2"), "scheme"),
+    (lambda: ode.tanh_lyapunov(1.0, width=4, depth=5, burn_in=5), "burn_in"),
+    (lambda: ode.layer_times(1.0, 2.5), "n_layers"),
+])
+def test_bad_input_names_the_parameter(call, name):
+    with pytest.raises(ValueError, match=name) as info:
+        call()
+    assert "not allowed" in str(info.value) or "expected" in str(info.value)
