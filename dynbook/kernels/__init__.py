@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "rk4_mlp": "rk4_mlp",
-    "rk4_mlp_reference": "rk4_mlp",
+    "rk4_mlp": "rk4",
+    "rk4_mlp_reference": "rk4",
     "linear_scan": "scan",
     "linear_scan_reference": "scan",
     "selective_scan": "scan",

@@ -1,0 +1,252 @@
+"""Benchmark of the fused RK4 kernel ``dynbook.kernels.rk4_mlp`` (issue #3).
+
+Solves dy/dt = tanh(y W1 + b1) W2 + b2 for n_steps classical RK4 steps, fp32, and reports, in one
+run on one device:
+
+* the headline case (batch 1024, d = 2, h = 64, 100 steps): seconds per solve of the fused
+  Triton kernel, torchdiffeq ``odeint(method="rk4")``, the eager PyTorch loop and the same loop
+  captured in a CUDA graph; the two speed-up ratios against their targets (≥ 100× torchdiffeq,
+  ≥ 15× CUDA graph); forward + backward against PyTorch autograd;
+* every launch configuration (rows per program × num_warps) at the headline case, each checked
+  against a float64 reference before it is timed;
+* sweeps of batch (1 … 65536) and hidden size h (16 … 256): seconds, achieved FLOP/s (matmul
+  FLOPs, ``rk4_mlp_flops``) and its fraction of the device's fp32 peak (SMs × max SM clock ×
+  FP32 lanes per SM × 2, from the device properties and NVML).
+
+Timings are medians (``dynbook.measure.time_it``, CUDA-synchronised). Writes
+``<out>/bench_rk4_mlp.json`` (default ``results/<gpu>/``) with device, driver, versions and commit.
+
+    python benchmarks/bench_rk4_mlp.py                       # on an NVIDIA GPU
+    python benchmarks/bench_rk4_mlp.py --device cpu --quick  # tiny sizes: checks the script runs
+
+On a CPU the Triton kernel runs in Triton's interpreter: it is checked for correctness but not
+timed (interpreter timings mean nothing), and there is no CUDA graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from dynbook import environment
+from dynbook.kernels.rk4 import (ROWS_CHOICES, pick_config, rk4_mlp, rk4_mlp_flops,
+                                     rk4_mlp_reference)
+from dynbook.measure import time_it
+from dynbook.neural_ode import rk4_runners
+
+HEADLINE = {"batch": 1024, "d": 2, "h": 64, "n_steps": 100}
+TARGETS = {"torchdiffeq": 100.0, "cuda_graph": 15.0}  # required speed-up of the fused kernel
+#: FP32 lanes (CUDA cores) per SM by compute capability (NVIDIA CUDA programming guide).
+FP32_LANES = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 128, (8, 9): 128,
+              (9, 0): 128, (10, 0): 128, (10, 3): 128, (12, 0): 128}
+
+
+def fp32_peak(device: str) -> dict:
+    """The device's fp32 (non-tensor-core) peak FLOP/s and how it was derived."""
+    if device != "cuda":
+        return {"flops": None, "how": "no fp32 peak for a CPU run"}
+    props = torch.cuda.get_device_properties(0)
+    cc = (props.major, props.minor)
+    lanes = FP32_LANES.get(cc)
+    clock_mhz = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as e:  # noqa: BLE001 - without NVML there is no clock to read
+        return {"flops": None, "how": f"max SM clock unreadable: {type(e).__name__}: {e}"}
+    if lanes is None:
+        return {"flops": None, "how": f"FP32 lanes per SM unknown for compute capability {cc}"}
+    flops = props.multi_processor_count * clock_mhz * 1e6 * lanes * 2
+    return {"flops": flops, "sm_count": props.multi_processor_count, "max_sm_clock_mhz": clock_mhz,
+            "fp32_lanes_per_sm": lanes, "compute_capability": f"{cc[0]}.{cc[1]}",
+            "how": "SMs × max SM clock (NVML) × FP32 lanes per SM × 2 (FMA)"}
+
+
+def problem(batch, d, h, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ts = (torch.randn(batch, d, generator=g), torch.randn(d, h, generator=g) / math.sqrt(d),
+          0.1 * torch.randn(h, generator=g), torch.randn(h, d, generator=g) / math.sqrt(h),
+          0.1 * torch.randn(d, generator=g))
+    return [t.to(device) for t in ts]
+
+
+def rel_err(out, args, n_steps):
+    ref = rk4_mlp_reference(*[a.double() for a in args], n_steps=n_steps)
+    return float((out.double() - ref).abs().max() / ref.abs().max())
+
+
+def timed(fn, device, min_run_time):
+    with torch.no_grad():
+        return time_it(fn, device=device, min_run_time=min_run_time)
+
+
+def headline(case, device, min_run_time):
+    """Every implementation on one case; speed-ups and forward+backward."""
+    args = problem(case["batch"], case["d"], case["h"], device)
+    n = case["n_steps"]
+    with torch.no_grad():
+        runners = rk4_runners(*args, n_steps=n)
+    seconds, errors = {}, {}
+    for name, fn in runners.items():  # checked against float64 before it is timed
+        with torch.no_grad():
+            errors[name] = rel_err(fn(), args, n)
+        seconds[name] = timed(fn, device, min_run_time)
+    if device != "cuda":  # the interpreter (slow): correctness only, on a few rows
+        few = [args[0][:9], *args[1:]]
+        errors["triton_interpreter"] = rel_err(rk4_mlp(*few, n_steps=n, impl="triton"), few, n)
+    out = {"case": case, "seconds": seconds, "rel_err_vs_float64": errors,
+           "correct": all(e < 1e-4 for e in errors.values()),
+           "config": pick_config(case["batch"], case["d"], case["h"], n_sm=_n_sm(device))}
+    if "triton" in seconds:
+        out["speedup"] = {k: seconds[k] / seconds["triton"] for k in TARGETS}
+        out["meets_target"] = {k: out["speedup"][k] >= v for k, v in TARGETS.items()}
+    # forward + backward: fused kernel pair vs autograd through the PyTorch loop
+    leaves = [a.clone().requires_grad_() for a in args]
+
+    def train_step(impl):
+        def step():
+            for a in leaves:
+                a.grad = None
+            rk4_mlp(*leaves, n_steps=n, impl=impl).square().sum().backward()
+        return step
+
+    fb = {"torch": time_it(train_step("torch"), device=device, min_run_time=min_run_time)}
+    if device == "cuda":
+        fb["triton"] = time_it(train_step("triton"), device=device, min_run_time=min_run_time)
+        fb["speedup"] = fb["torch"] / fb["triton"]
+    out["forward_backward_seconds"] = fb
+    return out
+
+
+def _n_sm(device):
+    return torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 132
+
+
+def config_sweep(case, device, min_run_time):
+    """Every rows-per-program × num_warps at ``case``: correctness first, then time (CUDA)."""
+    args = problem(case["batch"], case["d"], case["h"], device)
+    base = pick_config(case["batch"], case["d"], case["h"], n_sm=_n_sm(device))
+    warps = (1, 2, 4, 8) if device == "cuda" else (base["num_warps"],)
+    rows_out = []
+    for rows in ROWS_CHOICES:
+        for w in warps:
+            cfg = {**base, "rows": rows, "num_warps": w}
+            fn = lambda: rk4_mlp(*args, n_steps=case["n_steps"], impl="triton", config=cfg)  # noqa: E731
+            with torch.no_grad():
+                err = rel_err(fn(), args, case["n_steps"])
+            row = {"config": cfg, "rel_err_vs_float64": err, "correct": err < 1e-4}
+            if device == "cuda":
+                row["seconds"] = timed(fn, device, min_run_time)
+            rows_out.append(row)
+    return rows_out
+
+
+def sweep(name, values, case, device, peak, min_run_time, baselines):
+    out = []
+    for v in values:
+        c = {**case, name: v}
+        args = problem(c["batch"], c["d"], c["h"], device)
+        with torch.no_grad():
+            runners = rk4_runners(*args, n_steps=c["n_steps"])
+        flops = rk4_mlp_flops(c["batch"], c["d"], c["h"], c["n_steps"])
+        row = {"case": c, "flops": flops, "config": pick_config(c["batch"], c["d"], c["h"], n_sm=_n_sm(device)),
+               "seconds": {}, "flops_per_s": {}, "fraction_of_fp32_peak": {}}
+        for impl in ("triton", *baselines):
+            if impl not in runners:
+                continue
+            s = timed(runners[impl], device, min_run_time)
+            row["seconds"][impl] = s
+            row["flops_per_s"][impl] = flops / s
+            if peak["flops"]:
+                row["fraction_of_fp32_peak"][impl] = flops / s / peak["flops"]
+        if device == "cuda":
+            with torch.no_grad():
+                row["rel_err_vs_float64"] = rel_err(runners["triton"](), args, c["n_steps"])
+        out.append(row)
+        print(f"  {name}={v}: " + ", ".join(f"{k} {s * 1e3:.3g} ms" for k, s in row["seconds"].items()),
+              flush=True)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
+    ap.add_argument("--out", default=None, help="output folder (default results/<hardware>/)")
+    ap.add_argument("--min-run-time", type=float, default=None, help="seconds per timing (median)")
+    a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    device = a.device
+    mrt = a.min_run_time or (0.05 if a.quick else 0.5)
+    if a.quick:
+        case = {"batch": 64, "d": 2, "h": 16, "n_steps": 10}
+        batches, hiddens, cfg_case = [1, 5, 64], [16, 37], {"batch": 19, "d": 3, "h": 37, "n_steps": 2}
+    else:
+        case = dict(HEADLINE)
+        batches = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
+        hiddens = [16, 32, 64, 128, 256]
+        cfg_case = dict(HEADLINE)
+    t0 = time.perf_counter()
+    hw = environment.hardware(device)
+    peak = fp32_peak(device)
+    print(f"rk4_mlp benchmark on {hw.get('gpu') or hw['cpu']} ({device}), quick={a.quick}", flush=True)
+    result = {
+        "benchmark": "rk4_mlp", "device": device, "quick": a.quick, "dtype": "float32",
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": environment.commit(), "versions": environment.versions(), "hardware": hw,
+        "fp32_peak": peak, "targets": TARGETS, "timing": f"median of time_it, min_run_time={mrt} s",
+        "flops_counted": "matmul FLOPs only: 4·d·h per row per field evaluation, 4 evaluations per step",
+    }
+    print("headline", flush=True)
+    result["headline"] = headline(case, device, mrt)
+    print(json.dumps(result["headline"]["seconds"]), flush=True)
+    print("launch configurations", flush=True)
+    result["configs"] = config_sweep(cfg_case, device, mrt)
+    baselines = ("cuda_graph", "torchdiffeq") if device == "cuda" else ("torch_loop", "torchdiffeq")
+    print("batch sweep", flush=True)
+    result["batch_sweep"] = sweep("batch", batches, case, device, peak, mrt, baselines)
+    print("hidden-size sweep", flush=True)
+    h_case = {**case, "batch": batches[-1]}
+    result["hidden_sweep"] = sweep("h", hiddens, h_case, device, peak, mrt,
+                                   ("cuda_graph",) if device == "cuda" else ("torch_loop",))
+    result["all_configs_correct"] = all(r["correct"] for r in result["configs"])
+    result["all_correct"] = result["all_configs_correct"] and result["headline"]["correct"] and all(
+        r.get("rel_err_vs_float64", 0.0) < 1e-4 for r in result["batch_sweep"] + result["hidden_sweep"])
+    result["wall_seconds"] = time.perf_counter() - t0
+
+    if a.out:
+        folder = Path(a.out)
+    elif a.quick:
+        folder = Path("_build") / "bench"
+    else:
+        folder = Path("results") / environment.hardware_slug(hw)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bench_rk4_mlp.json"
+    path.write_text(json.dumps(result, indent=1, default=str))
+    h = result["headline"]
+    if "speedup" in h:
+        print("speed-up of the fused kernel: " + ", ".join(
+            f"{k} {v:.1f}× (target {TARGETS[k]:g}×, {'met' if h['meets_target'][k] else 'NOT met'})"
+            for k, v in h["speedup"].items()))
+    print(f"all launch configurations correct: {result['all_configs_correct']}; "
+          f"every result correct: {result['all_correct']}")
+    print(f"wrote {path} in {result['wall_seconds']:.1f} s")
+    return 0 if result["all_correct"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
