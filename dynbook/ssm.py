@@ -22,18 +22,14 @@ or the time-invariant S4D, so the two differ in nothing else.
 from __future__ import annotations
 
 import math
-import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-from .measure import time_it
+from .measure import least_median_seconds, peak_bytes
 from .kernels.scan import (linear_scan_parallel, linear_scan_reference, selective_scan,
                            selective_scan_chunked, selective_scan_parallel)
 
@@ -393,68 +389,6 @@ def ssm_scan(inputs, *, impl: str = "auto"):
     return selective_scan(*inputs, impl=impl)
 
 
-class TensorBytesPeak(TorchDispatchMode):
-    """Peak bytes of tensor storage allocated by ATen operators inside the ``with`` block.
-
-    Every operator output whose storage is new (not an input's, not seen before) is counted
-    while it lives (a finaliser subtracts it when the storage is freed). What it cannot see:
-    scratch buffers a fused kernel allocates internally (e.g. the per-thread blocks of
-    PyTorch's CPU flash-attention kernel), and memory held before the block. On a CPU, where
-    no allocator reports a peak, this is the memory a computation *materialises*.
-    """
-
-    def __enter__(self):
-        self.live = 0
-        self.peak = 0
-        self._tracked: dict[int, int] = {}
-        return super().__enter__()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        if self._tracked.pop(key, None) is not None:
-            self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            storage = t.untyped_storage()
-            key = id(storage)
-            if key in inputs or key in self._tracked:
-                continue  # a view or an in-place result: no new memory
-            nbytes = storage.nbytes()
-            self._tracked[key] = nbytes
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._free, key, nbytes)
-        return out
-
-
-def peak_bytes(fn, *, device: str) -> int:
-    """Peak memory of ``fn()`` above what was held before: the CUDA allocator's peak on a GPU,
-    :class:`TensorBytesPeak` (tensors materialised by ATen operators) on a CPU."""
-    if device == "cuda":
-        from .measure import cuda_peak_memory
-
-        return cuda_peak_memory(fn)
-    with TensorBytesPeak() as tracker:
-        fn()
-    return tracker.peak
-
-
-def least_median_seconds(fns: dict, *, device: str, min_run_time: float = 0.1, repeats: int = 3) -> dict:
-    """``{name: seconds}``: the least of ``repeats`` medians (``time_it``) of each callable, the
-    callables interleaved. On a shared machine other processes only ever add time, so the
-    least median is the most faithful reading, and interleaving spreads a burst of load over
-    all of them instead of one."""
-    seconds = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            seconds[name].append(time_it(fn, device=device, min_run_time=min_run_time))
-    return {name: min(ts) for name, ts in seconds.items()}
-
-
 def scaling_sweep(lengths, *, d_model: int, d_state: int, device: str, dtype=torch.float32,
                   ssm_impl: str = "auto", min_run_time: float = 0.1, repeats: int = 3,
                   math_bytes_limit: float = 2**28):
@@ -513,15 +447,3 @@ def fitted_crossover(fit_a: tuple[float, float], fit_b: tuple[float, float]) -> 
     if sa == sb:
         return None
     return float(math.exp((cb - ca) / (sa - sb)))
-
-
-@contextmanager
-def num_threads(n: int):
-    """Run PyTorch with ``n`` intra-op threads inside the block (tiny models train faster on
-    one thread: splitting 10⁵-element operations costs more than it saves)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dynbook import ssm
+from dynbook import measure, ssm
 from dynbook.kernels.scan import selective_scan_reference
 
 
@@ -153,7 +153,7 @@ def test_ssm_scan_layer_inputs():
 
 def test_tensor_bytes_peak_counts_live_tensors():
     x = torch.randn(1000)
-    with ssm.TensorBytesPeak() as tracker:
+    with measure.TensorBytesPeak() as tracker:
         for _ in range(5):
             y = x * 2  # the old y is freed only after the new one exists: two alive at the peak
         z = y.view(10, 100)  # a view allocates nothing
@@ -161,7 +161,7 @@ def test_tensor_bytes_peak_counts_live_tensors():
     assert tracker.peak == 2 * 4000
     l = 256
     q, k, v = ssm.attention_inputs(l, 64)
-    assert ssm.peak_bytes(lambda: ssm.causal_attention_math(q, k, v), device="cpu") >= l * l * 4
+    assert measure.peak_bytes(lambda: ssm.causal_attention_math(q, k, v), device="cpu") >= l * l * 4
 
 
 def test_crossover_helpers():
@@ -176,7 +176,7 @@ def test_crossover_helpers():
 
 def test_num_threads_restores():
     before = torch.get_num_threads()
-    with ssm.num_threads(1):
+    with measure.num_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 
@@ -187,7 +187,7 @@ def test_least_median_seconds_and_sweep():
     def count(name):
         calls[name] += 1
 
-    out = ssm.least_median_seconds({"a": lambda: count("a"), "b": lambda: count("b")}, device="cpu",
+    out = measure.least_median_seconds({"a": lambda: count("a"), "b": lambda: count("b")}, device="cpu",
                                    min_run_time=0.001, repeats=2)
     assert set(out) == {"a", "b"} and all(v > 0 for v in out.values()) and min(calls.values()) >= 2
     res = ssm.scaling_sweep([32, 64], d_model=64, d_state=4, device="cpu", ssm_impl="chunked",
