@@ -1,0 +1,169 @@
+"""dynbook.cosmo: the duality's dictionary, the FLRW integration (constraint, vacuum limit),
+the f-ODE against closed forms and scipy, the γ fit and the mode equations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dynbook import cosmo
+from dynbook.ntk import MLPConfig
+
+F64 = torch.float64
+
+
+def t64(*v):
+    return torch.tensor(v, dtype=F64)
+
+
+def test_matching_identities():
+    lr, mu, mp = t64(1e-3, 0.01, 0.1, 0.3), t64(0.9, 0.5, 0.0, 0.7), 2.5
+    gamma = cosmo.friction(lr, mu)
+    torch.testing.assert_close(gamma, (1 - mu) / lr.sqrt())
+    torch.testing.assert_close(3 * cosmo.hubble_rate(lr, mu), gamma)
+    v0 = cosmo.vacuum_energy(lr, mu, mp)
+    torch.testing.assert_close(v0, mp ** 2 * (1 - mu) ** 2 / (3 * lr))          # V_0 ∝ 1/η
+    torch.testing.assert_close(v0, 3 * mp ** 2 * cosmo.hubble_rate(lr, mu) ** 2)
+    # next order: γ/c replaces γ, c = (1 + μ)/2
+    c = (1 + mu) / 2
+    torch.testing.assert_close(cosmo.vacuum_energy(lr, mu, mp, "next"), v0 / c ** 2)
+    torch.testing.assert_close(cosmo.vacuum_energy_of(gamma, mu, mp), v0)
+    torch.testing.assert_close(cosmo.energy_ratio(2.0, 0.5, lr, mu, mp),
+                               3 * lr * 2.0 * 0.5 / (mp ** 2 * (1 - mu) ** 2))
+
+
+def test_friedmann_constraint_is_conserved():
+    gen = torch.Generator().manual_seed(0)
+    b = 6
+    phi0 = torch.randn(b, generator=gen, dtype=F64)
+    ntk0 = torch.rand(b, generator=gen, dtype=F64) * 5 + 0.1
+    power = t64(2, 4, 2, 4, 6, 2)
+    vacuum = torch.rand(b, generator=gen, dtype=F64) + 0.05  # includes far-from-vacuum cases
+    sol = cosmo.flrw(phi0, ntk0, phi0 + 1.0, power, vacuum, 0.05, 400, planck_mass=0.7,
+                     dphi0=0.3, rtol=1e-11, atol=1e-13)
+    assert sol["phi"].shape == (401, b)
+    assert cosmo.constraint_violation(sol).max() < 1e-8
+    # H decreases (Ḣ = −φ̇²/2M_P² ≤ 0) and the scale factor grows
+    assert torch.all(sol["hubble"].diff(dim=0) <= 1e-14)
+    assert torch.all(sol["log_a"].diff(dim=0) > 0)
+
+
+def test_flrw_tends_to_the_network_as_the_vacuum_dominates():
+    # same γ, M_P → ∞ makes ρ_φ/V_0 → 0: the FLRW field becomes the network's f-ODE,
+    # with a deviation ∝ ρ_φ/V_0 ∝ 1/M_P²
+    f0, ntk0, lr, mu, k = t64(0.2), t64(1.7), 0.01, 0.5, 300
+    pred = cosmo.predict_output(ntk0, f0, f0 + 1, 2, lr, mu, k)
+    devs = []
+    for mp in (3.0, 30.0):
+        phi = cosmo.flrw_of_network(ntk0, f0, f0 + 1, 2, lr, mu, k, planck_mass=mp)["phi"]
+        devs.append(cosmo.relative_deviation(phi, pred).item())
+    assert devs[1] < 2e-3
+    assert 50 < devs[0] / devs[1] < 200
+
+
+def test_predict_output_matches_the_damped_oscillator():
+    # n = 2: f̈ + γ ḟ + 2Θ(f − y) = 0 at t_k = k √η
+    theta, f0, y, lr, mu, k = 1.3, -0.4, 0.6, 0.04, 0.8, 150
+    got = cosmo.predict_output(theta, t64(f0), y, 2, lr, mu, k)[:, 0]
+    gamma = (1 - mu) / math.sqrt(lr)
+    t = torch.arange(k + 1, dtype=F64) * math.sqrt(lr)
+    a, w = gamma / 2, math.sqrt(2 * theta - gamma ** 2 / 4)
+    exact = y + (f0 - y) * torch.exp(-a * t) * (torch.cos(w * t) + a / w * torch.sin(w * t))
+    torch.testing.assert_close(got, exact, rtol=1e-7, atol=1e-8)
+
+
+def test_predict_output_next_order_against_scipy():
+    from scipy.integrate import solve_ivp
+
+    theta, f0, y, lr, mu, k = 2.1, 0.3, 1.3, 0.02, 0.6, 80
+    got = cosmo.predict_output(theta, t64(f0), y, 4, lr, mu, k, convention="next")[:, 0]
+    c, gamma, h = (1 + mu) / 2, (1 - mu) / math.sqrt(lr), math.sqrt(lr)
+    t = (np.arange(k + 1) + 0.5) * h
+    sol = solve_ivp(lambda _, s: [s[1], (-gamma * s[1] - theta * 4 * (s[0] - y) ** 3) / c],
+                    (0, t[-1]), [f0, 0.0], t_eval=t, rtol=1e-11, atol=1e-13, method="DOP853")
+    torch.testing.assert_close(got, torch.as_tensor(sol.y[0]), rtol=1e-6, atol=1e-7)
+
+
+def test_batched_predictions_equal_single_ones():
+    ntk0, f0, power = t64(0.5, 3.0, 1.0), t64(0.0, 0.4, -0.2), t64(2, 4, 4)
+    lr, mu = t64(0.001, 0.01, 0.05), t64(0.9, 0.5, 0.0)
+    batch = cosmo.predict_output(ntk0, f0, f0 + 1, power, lr, mu, 60)
+    for b in range(3):
+        one = cosmo.predict_output(ntk0[b], f0[b], f0[b] + 1, power[b], lr[b], mu[b], 60)
+        torch.testing.assert_close(batch[:, b], one[:, 0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("convention", ["leading", "next"])
+def test_fit_friction_recovers_a_known_friction(convention):
+    ntk0, f0, lr, mu = t64(1.2, 0.7), t64(0.1, -0.3), t64(0.01, 0.003), t64(0.5, 0.9)
+    true = cosmo.friction(lr, mu) * t64(1.3, 0.8)
+    obs = cosmo.predict_output(ntk0, f0, f0 + 1, 2, lr, mu, 200, convention=convention,
+                               gamma=true, rtol=1e-10, atol=1e-12)
+    fit = cosmo.fit_friction(obs, ntk0, f0, f0 + 1, 2, lr, mu, convention=convention)
+    torch.testing.assert_close(fit, true, rtol=1e-4, atol=0)
+
+
+def test_max_learning_rate_falls_with_momentum_and_scales_as_one_over_ntk():
+    mu = t64(0.0, 0.5, 0.9)
+    lr1 = cosmo.max_learning_rate(1.0, 0.0, 1.0, 2, mu, 60, iterations=16)
+    lr4 = cosmo.max_learning_rate(4.0, 0.0, 1.0, 2, mu, 60, iterations=16)
+    assert torch.all(lr1.diff() < 0)
+    # everything depends on ηΘ_0 only (rescale time by √Θ_0), up to the bisection's resolution
+    torch.testing.assert_close(lr1 / lr4, torch.full_like(lr1, 4.0), rtol=2e-3, atol=0)
+
+
+def test_modes_equal_the_projected_frozen_kernel_prediction_for_a_quadratic_loss():
+    gen = torch.Generator().manual_seed(3)
+    n = 7
+    a = torch.randn(n, n, generator=gen, dtype=F64)
+    kernel = a @ a.T + 5 * torch.ones(n, n, dtype=F64)  # a dominant uniform mode
+    f0 = 0.1 * torch.randn(n, generator=gen, dtype=F64)
+    y = torch.full((n,), 1.0, dtype=F64)
+    full = cosmo.predict_function(kernel, f0, y, 2, 0.01, 0.5, 120)
+    g, lam, vec = cosmo.predict_modes(kernel, f0, y, 2, 0.01, 0.5, 120)
+    torch.testing.assert_close(full @ vec, g, rtol=1e-6, atol=1e-7)
+    assert torch.all(lam.diff() <= 0) and vec[:, 0].sum() > 0
+    torch.testing.assert_close(vec.T @ vec, torch.eye(n, dtype=F64))
+    # n = 4: the linearized perturbations still track the full prediction closely
+    full4 = cosmo.predict_function(kernel, f0, y, 4, 0.01, 0.5, 120) @ vec
+    g4, _, _ = cosmo.predict_modes(kernel, f0, y, 4, 0.01, 0.5, 120)
+    assert (full4 - g4).abs().max() < 0.05 * (full4[-1, 0] - full4[0, 0]).abs()
+
+
+def test_homogeneous_scan_runs_and_predicts_wide_networks():
+    cfg = MLPConfig(width=64, depth=1, activation="erf", bias_std=0.5)
+    res = cosmo.homogeneous_scan([cfg], weight_stds=[0.8, 1.2], lr_momentum=[(0.01, 0.5)],
+                                 powers=[2], n_seeds=1, n_steps=60, target_shift=1.0,
+                                 generator=torch.Generator().manual_seed(4))
+    assert res["f"].shape == (61, 2) and res["ntk0"].shape == (2,)
+    assert res["deviation"]["next"].max() < 0.05
+    assert res["deviation"]["next"].max() < res["deviation"]["leading"].max()
+
+
+def test_relative_deviation():
+    actual = t64(0.0, 0.5, 1.0)[:, None]
+    pred = t64(0.0, 0.7, 0.9)[:, None]
+    assert cosmo.relative_deviation(pred, actual, over="end").item() == pytest.approx(0.1)
+    assert cosmo.relative_deviation(pred, actual).item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="over='mean'"):
+        cosmo.relative_deviation(pred, actual, over="mean")
+    with pytest.raises(ValueError, match="same shape"):
+        cosmo.relative_deviation(pred[:2], actual)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: cosmo.predict_output(1.0, t64(0.0), 1.0, 3, 0.01, 0.5, 10), "power=3"),
+    (lambda: cosmo.predict_output(1.0, t64(0.0), 1.0, 2, 0.01, 1.0, 10), "momentum=1.0"),
+    (lambda: cosmo.predict_output(1.0, t64(0.0), 1.0, 2, 0.0, 0.5, 10), "lr=0.0"),
+    (lambda: cosmo.predict_output(-1.0, t64(0.0), 1.0, 2, 0.01, 0.5, 10), "ntk0="),
+    (lambda: cosmo.predict_output(1.0, t64(0.0), 1.0, 2, 0.01, 0.5, 0), "n_steps=0"),
+    (lambda: cosmo.predict_output(1.0, t64(0.0), 1.0, 2, 0.01, 0.5, 5, convention="x"),
+     "convention='x'"),
+    (lambda: cosmo.vacuum_energy(0.01, 0.5, planck_mass=-1.0), "planck_mass=-1.0"),
+    (lambda: cosmo.flrw(t64(0.0), 1.0, 1.0, 2, 0.0, 0.1, 10), "vacuum="),
+    (lambda: cosmo.ntk_modes(torch.zeros(2, 3, dtype=F64)), r"square \(N, N\)"),
+])
+def test_bad_arguments_raise_value_errors_naming_them(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
