@@ -42,3 +42,14 @@ def test_parameters_cell_has_common_parameters(md):
 def test_every_toc_chapter_has_a_source():
     for ch in cli.chapters(ROOT):
         assert ch.source.exists() and ch.notebook.exists(), ch.slug
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=lambda p: p.stem)
+def test_install_cell_uses_the_book_repository(md):
+    """Colab installs the package from the one repository URL of _config.yml."""
+    import yaml
+
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    first = next(c for c in jupytext.read(md).cells if c.cell_type == "code")
+    assert "remove-cell" in first.metadata.get("tags", [])
+    assert "except ImportError" in first.source and f'"dynbook @ git+{url}"' in first.source
