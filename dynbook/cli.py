@@ -252,9 +252,12 @@ def build_html(stage: Path, out: Path) -> Path:
     work = out / "jupyter-book"
     cmd = [jb, "build", str(stage), "--path-output", str(work), "-W", "-n", "--keep-going"]
     print("$ " + " ".join(cmd), file=sys.stderr)
-    proc = subprocess.run(cmd)
+    # Sphinx's warnings go to stderr as they come; jupyter-book's stdout ends by naming the
+    # folder it built into, which is moved below, so it is shown only if the build fails.
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     built = work / "_build" / "html"
     if proc.returncode != 0 or not (built / "index.html").exists():
+        print(proc.stdout, file=sys.stderr)
         raise ChapterFailed(f"jupyter-book build failed (exit {proc.returncode}); see the warnings above")
     html = out / "html"
     if html.exists():

@@ -30,6 +30,7 @@ import math
 import torch
 
 from . import resolve_impl
+from ._interpret import KernelSet
 
 #: The Triton kernel's range (powers of two are padded up and masked).
 MAX_D = 16
@@ -248,25 +249,8 @@ def pick_config(batch: int, d: int, h: int, *, n_sm: int = 132) -> dict:
 
 
 def _kernel(name: str, device: torch.device):
-    """The Triton kernel ``name`` for ``device``. On a CPU tensor: Triton's interpreter of the
-    same source, so impl="triton" is testable without a GPU whatever TRITON_INTERPRET said
-    when this module was imported."""
-    fn = globals()[name]
-    if device.type == "cuda" or not isinstance(fn, triton.runtime.JITFunction):
-        return fn  # compiled for the GPU, or already interpreted (TRITON_INTERPRET=1)
-    if not _interpreted:
-        import types
-
-        from triton.runtime.interpreter import InterpretedFunction
-
-        # Interpreted copies must call interpreted helpers: give them their own globals.
-        ns = dict(globals())
-        for helper in _JIT_NAMES:
-            raw = globals()[helper].fn
-            ns[helper] = InterpretedFunction(types.FunctionType(
-                raw.__code__, ns, raw.__name__, raw.__defaults__, raw.__closure__))
-        _interpreted.update({k: ns[k] for k in _JIT_NAMES})
-    return _interpreted[name]
+    """The Triton kernel ``name`` for tensors on ``device`` (interpreted on a CPU)."""
+    return _KERNELS.get(name, device)
 
 
 def _on(device: torch.device):
@@ -278,7 +262,7 @@ def _on(device: torch.device):
 
 _JIT_NAMES = ("_sum", "_tanh", "_field", "_vjp", "_load_weights", "_rk4_mlp_fwd_kernel",
               "_rk4_mlp_bwd_kernel")
-_interpreted: dict = {}
+_KERNELS = KernelSet(globals(), _JIT_NAMES)
 
 
 def _launch_forward(y0, w1, b1, w2, b2, dt: float, n_steps: int, config: dict,

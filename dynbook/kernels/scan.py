@@ -42,6 +42,7 @@ import math
 import torch
 
 from . import resolve_impl
+from ._interpret import KernelSet
 
 try:  # Triton is optional: the PyTorch paths work without it
     import triton
@@ -399,27 +400,12 @@ if triton is not None:
 
 
 _JIT_NAMES = ("_combine", "_add", "_sum", "_linear_scan_kernel", "_selective_scan_fwd_kernel")
-_interpreted: dict = {}
+_KERNELS = KernelSet(globals(), _JIT_NAMES)
 
 
 def _kernel(name: str, device: torch.device):
-    """The Triton kernel ``name`` for ``device``: compiled on a GPU; on a CPU, Triton's
-    interpreter running the same source, whatever ``TRITON_INTERPRET`` said at import."""
-    fn = globals()[name]
-    if device.type == "cuda" or not isinstance(fn, triton.runtime.JITFunction):
-        return fn  # compiled for the GPU, or already interpreted (TRITON_INTERPRET=1)
-    if not _interpreted:
-        import types
-
-        from triton.runtime.interpreter import InterpretedFunction
-
-        ns = dict(globals())  # interpreted copies must call interpreted helpers
-        for helper in _JIT_NAMES:
-            raw = globals()[helper].fn
-            ns[helper] = InterpretedFunction(types.FunctionType(
-                raw.__code__, ns, raw.__name__, raw.__defaults__, raw.__closure__))
-        _interpreted.update({k: ns[k] for k in _JIT_NAMES})
-    return _interpreted[name]
+    """The Triton kernel ``name`` for tensors on ``device`` (interpreted on a CPU)."""
+    return _KERNELS.get(name, device)
 
 
 def _pow2(x: int) -> int:
