@@ -100,3 +100,19 @@ def test_book_builds_from_executed_chapters(out_dir):
         assert "Provenance of this page" in page
         assert f"colab.research.google.com/github/" in page and f"notebooks/{ch.slug}.ipynb" in page
         assert ch.slug in ledger
+
+
+# Chapters whose recorded metrics contain no timing: the same seed on the same CPU must give
+# the same record, value for value.
+DETERMINISTIC = ["02_resnets_as_odes"]
+
+
+@pytest.mark.chapter
+@pytest.mark.parametrize("slug", DETERMINISTIC)
+def test_same_seed_same_metrics(slug, out_dir, tmp_path):
+    chapter = next(c for c in CHAPTERS if c.slug == slug)
+    _, first = execute(chapter, out_dir)
+    cli.run_chapter(chapter, {"profile": "quick", "device": "cpu"}, out=tmp_path, progress=False)
+    second = json.loads((tmp_path / "metrics" / f"{slug}.json").read_text())
+    assert second["metrics"] == first["metrics"]
+    assert second["claims"] == first["claims"]
