@@ -594,6 +594,12 @@ def bench_selective_scan(b: int, l: int, d: int, n: int, *, dtype=torch.float32,
     itemsize = torch.empty((), dtype=dtype).element_size()
     out["bytes"] = selective_scan_bytes(b, l, d, n, itemsize)
     out["flops"] = selective_scan_flops(b, l, d, n)
+    return _with_speedups(out)
+
+
+def _with_speedups(out: dict) -> dict:
+    """Add the Triton kernel's bandwidth (bytes it must move / its time) and its speed-ups
+    over the other implementations that were timed."""
     if "triton" in out["seconds"]:
         t = out["seconds"]["triton"]
         out["bandwidth_Bps"] = out["bytes"] / t
@@ -623,10 +629,4 @@ def bench_linear_scan(rows: int, l: int, *, dtype=torch.float32, device: str = "
             out["max_rel_err"][impl] = (run[impl]().float() - ref).abs().max().item() / scale
             out["seconds"][impl] = time_it(run[impl], device=device, min_run_time=min_run_time)
     out["bytes"] = linear_scan_bytes(rows * l, a.element_size())
-    if "triton" in out["seconds"]:
-        t = out["seconds"]["triton"]
-        out["bandwidth_Bps"] = out["bytes"] / t
-        for other in ("parallel", "torch"):
-            if other in out["seconds"]:
-                out[f"speedup_vs_{other}"] = out["seconds"][other] / t
-    return out
+    return _with_speedups(out)
