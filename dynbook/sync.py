@@ -17,7 +17,7 @@ all-reduce) and the time in the all-reduce itself. A ring all-reduce moves about
 ``2 (P - 1) / P`` times the tensor's bytes in and out of each worker; the counted figure is the
 tensor's bytes (:func:`ring_bytes` converts).
 
-Processes: :func:`launch` spawns the workers (start method ``spawn``: safe inside a Jupyter
+Processes: :func:`dynbook.processes.launch` spawns the workers (start method ``spawn``: safe inside a Jupyter
 kernel, so worker functions live in this module), rendezvous through a TCP store that the
 parent hosts on a free localhost port, with timeouts on the rendezvous and every collective;
 the parent collects results from a queue under a deadline and, in a ``finally`` block,
@@ -34,26 +34,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
-import queue as queue_mod
-import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from .processes import BACKENDS, check_positive, launch, resolve_backend
+
 REGIMES = ("sync", "local", "hogwild")
-BACKENDS = ("auto", "gloo", "nccl")
-
-
-def _positive(name: str, value, *, allow_zero: bool = False) -> None:
-    bad = value < 0 if allow_zero else value <= 0
-    if bad:
-        raise ValueError(f"{name}={value!r} is not allowed: expected {'>= 0' if allow_zero else '> 0'}")
 
 
 # ----------------------------------------------------------------------------- the problem
@@ -76,8 +67,8 @@ class Problem:
 
     def __post_init__(self):
         for name in ("n_features", "hidden", "n_samples"):
-            _positive(name, getattr(self, name))
-        _positive("noise", self.noise, allow_zero=True)
+            check_positive(name, getattr(self, name))
+        check_positive("noise", self.noise, allow_zero=True)
 
     @property
     def n_params(self) -> int:
@@ -132,8 +123,8 @@ class Training:
 
     def __post_init__(self):
         for name in ("n_steps", "batch_size", "log_every"):
-            _positive(name, getattr(self, name))
-        _positive("step_size", self.step_size)
+            check_positive(name, getattr(self, name))
+        check_positive("step_size", self.step_size)
 
 
 @dataclass(frozen=True)
@@ -149,10 +140,10 @@ class Regime:
     def __post_init__(self):
         if self.kind not in REGIMES:
             raise ValueError(f"kind={self.kind!r} is not allowed: expected one of {REGIMES}")
-        _positive("period", self.period)
+        check_positive("period", self.period)
         if self.kind != "local" and self.period != 1:
             raise ValueError(f"period={self.period!r} is not allowed for kind={self.kind!r}: expected 1")
-        _positive("straggler_delay", self.straggler_delay, allow_zero=True)
+        check_positive("straggler_delay", self.straggler_delay, allow_zero=True)
 
     @property
     def name(self) -> str:
@@ -359,152 +350,6 @@ def _hogwild_worker(rank, world_size, problem, training, regimes, shared_thetas,
     if meter is not None:
         meter.close()
     return outs
-
-
-# ----------------------------------------------------------------------------- launching
-
-
-class WorkerError(RuntimeError):
-    """A worker process raised; the message carries its traceback."""
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid:  # re-parented: the launcher is gone, do not linger
-            os._exit(3)
-
-
-def _entry(rank, world_size, port, backend, init_timeout, parent_pid, fn, args, results):
-    try:
-        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-        torch.set_num_threads(1)  # P processes on few cores: one thread each avoids oversubscription
-        if backend is not None:
-            import torch.distributed as dist
-
-            timeout = timedelta(seconds=init_timeout)
-            store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=timeout)
-            kwargs = {"device_id": torch.device("cuda", rank)} if backend == "nccl" else {}
-            if backend == "nccl":
-                torch.cuda.set_device(rank)
-            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                    timeout=timeout, **kwargs)
-        try:
-            value = fn(rank, world_size, *args)
-        finally:
-            if backend is not None:
-                dist.destroy_process_group()
-        # by value (plain pickle): torch's queue pickler would share tensors through file
-        # descriptors that vanish when this process exits before the parent reads them
-        results.put(("ok", rank, pickle.dumps(value)))
-        code = 0
-    except BaseException:  # noqa: BLE001 - report everything, including KeyboardInterrupt
-        results.put(("error", rank, traceback.format_exc()))
-        code = 1
-    # flush the queue, then skip interpreter teardown (seconds of torch clean-up per worker)
-    results.close()
-    results.join_thread()
-    os._exit(code)
-
-
-def _shutdown(procs, grace: float = 2.0) -> None:
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    deadline = time.monotonic() + grace
-    for p in procs:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=grace)
-
-
-def resolve_backend(backend: str, device: str, world_size: int) -> str:
-    """``auto`` → ``nccl`` when ``device == 'cuda'`` and there is one GPU per worker, else ``gloo``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not allowed: expected one of {BACKENDS}")
-    enough_gpus = device == "cuda" and torch.cuda.is_available() and torch.cuda.device_count() >= world_size
-    if backend == "nccl" and not enough_gpus:
-        raise ValueError(f"backend='nccl' needs device='cuda' and {world_size} GPUs (one per worker); "
-                         f"this machine has {torch.cuda.device_count()}")
-    if backend == "auto":
-        return "nccl" if enough_gpus else "gloo"
-    return backend
-
-
-_STARTED: list = []  # every worker process launch() started, to prove none outlives it
-
-
-def live_workers() -> list[int]:
-    """PIDs of worker processes started by :func:`launch` that are still alive (should be [])."""
-    return [p.pid for p in _STARTED if p.is_alive()]
-
-
-def launch(fn: Callable, world_size: int, args: Sequence = (), *, backend: str | None = "gloo",
-           timeout: float = 120.0, init_timeout: float = 30.0) -> list:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes and return
-    their results in rank order.
-
-    ``fn`` must be importable (defined in a module, not a notebook). With a ``backend``
-    the workers join one process group (rendezvous on a free localhost port; ``init_timeout``
-    bounds the rendezvous and every collective); ``backend=None`` starts plain processes.
-    Raises :class:`WorkerError` if a worker fails, ``TimeoutError`` after ``timeout`` seconds;
-    in every case (also ``KeyboardInterrupt``) all workers are gone when this returns.
-    """
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size={world_size!r} is not allowed: expected an integer >= 1")
-    _positive("timeout", timeout)
-    _positive("init_timeout", init_timeout)
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    store = port = None
-    if backend is not None:
-        # the parent hosts the rendezvous store: port 0 lets the OS pick a free port, no race
-        store = dist.TCPStore("127.0.0.1", 0, world_size + 1, is_master=True,
-                              timeout=timedelta(seconds=init_timeout), wait_for_workers=False)
-        port = store.port
-    procs = [ctx.Process(target=_entry, daemon=True,
-                         args=(rank, world_size, port, backend, init_timeout, os.getpid(), fn,
-                               tuple(args), results))
-             for rank in range(world_size)]
-    values: dict[int, object] = {}
-    try:
-        for p in procs:
-            p.start()
-            _STARTED.append(p)
-        deadline = time.monotonic() + timeout
-        while len(values) < world_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"launch: {world_size - len(values)} of {world_size} workers "
-                                   f"gave no result within timeout={timeout} s")
-            try:
-                status, rank, value = results.get(timeout=min(0.2, remaining))
-            except queue_mod.Empty:
-                dead = [(i, p.exitcode) for i, p in enumerate(procs)
-                        if p.exitcode not in (None, 0) and i not in values]
-                if dead:
-                    try:  # a failing worker reports before it exits: give its message a moment
-                        status, rank, value = results.get(timeout=1.0)
-                    except queue_mod.Empty:
-                        raise WorkerError(f"workers (rank, exit code) {dead} died without a result") from None
-                else:
-                    continue
-            if status == "error":
-                raise WorkerError(f"worker rank {rank} failed:\n{value}")
-            values[rank] = pickle.loads(value)
-        for p in procs:
-            p.join(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        _shutdown(procs)
-        results.cancel_join_thread()
-        results.close()
-        del store
-    return [values[r] for r in range(world_size)]
 
 
 # ----------------------------------------------------------------------------- public runs

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from dynbook import sync
+from dynbook import processes, sync
 
 TINY = sync.Problem(n_features=5, hidden=7, n_samples=203, seed=3)
 
@@ -70,18 +70,18 @@ def test_bad_inputs_name_the_parameter():
     with pytest.raises(ValueError, match="step_size=-0.1"):
         sync.Training(step_size=-0.1)
     with pytest.raises(ValueError, match="world_size=0"):
-        sync.launch(_pid_worker, 0)
+        processes.launch(_pid_worker, 0)
     with pytest.raises(ValueError, match="backend='mpi'"):
-        sync.resolve_backend("mpi", "cpu", 2)
+        processes.resolve_backend("mpi", "cpu", 2)
     with pytest.raises(ValueError, match="straggler_rank=5"):
         sync.train_distributed(TINY, sync.Training(n_steps=2), [sync.Regime("sync", straggler_rank=5, straggler_delay=0.1)], 2)
 
 
 def test_backend_resolution_without_gpus():
-    assert sync.resolve_backend("auto", "cpu", 2) == "gloo"
+    assert processes.resolve_backend("auto", "cpu", 2) == "gloo"
     if torch.cuda.device_count() < 64:
         with pytest.raises(ValueError, match="nccl"):
-            sync.resolve_backend("nccl", "cuda", 64)
+            processes.resolve_backend("nccl", "cuda", 64)
 
 
 def test_ring_bytes():
@@ -113,14 +113,14 @@ def test_reference_local_sgd_with_period_one_is_sync():
 
 def test_all_reduce_average_equals_single_process_mean():
     shape = (37, 3)
-    out = sync.launch(_average_worker, 3, (shape,), timeout=120)
+    out = processes.launch(_average_worker, 3, (shape,), timeout=120)
     expected = torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(100 + r),
                                         dtype=torch.float64) for r in range(3)]).mean(0)
     for x, count, nbytes, wait, transfer in out:
         torch.testing.assert_close(x, expected, rtol=1e-12, atol=1e-12)
         assert count == 1 and nbytes == 37 * 3 * 8
         assert wait >= 0 and transfer >= 0
-    assert sync.live_workers() == []
+    assert processes.live_workers() == []
 
 
 def test_distributed_sgd_equals_one_process_replay():
@@ -139,7 +139,7 @@ def test_distributed_sgd_equals_one_process_replay():
     assert [s for s, _, _ in sync_run.log] == [0, 5, 10, 15, 20]
     assert slowed.ranks[1]["straggler"] and not slowed.ranks[0]["straggler"]
     assert slowed.slowest_step_s >= 0.001
-    assert sync.live_workers() == []
+    assert processes.live_workers() == []
 
 
 def test_hogwild_learns_without_collectives():
@@ -149,37 +149,37 @@ def test_hogwild_learns_without_collectives():
     assert run.log[0][0] == 0 and run.log[0][2] == pytest.approx(float(TINY.loss(TINY.init(), x, y)))
     assert run.final_loss < 0.9 * run.log[0][2]
     assert run.sync_count == 0 and run.bytes == 0
-    assert sync.live_workers() == []
+    assert processes.live_workers() == []
 
 
 def test_worker_error_is_reported_and_peers_are_killed():
     t0 = time.monotonic()
-    with pytest.raises(sync.WorkerError, match="boom from rank 1"):
-        sync.launch(_failing_worker, 2, timeout=60)
+    with pytest.raises(processes.WorkerError, match="boom from rank 1"):
+        processes.launch(_failing_worker, 2, timeout=60)
     assert time.monotonic() - t0 < 30
-    assert sync.live_workers() == []
+    assert processes.live_workers() == []
 
 
 def test_worker_crash_without_result_is_reported():
-    with pytest.raises(sync.WorkerError, match="7"):
-        sync.launch(_crashing_worker, 2, timeout=60)
-    assert sync.live_workers() == []
+    with pytest.raises(processes.WorkerError, match="7"):
+        processes.launch(_crashing_worker, 2, timeout=60)
+    assert processes.live_workers() == []
 
 
 def test_hanging_workers_time_out_and_are_killed():
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="timeout=3"):
-        sync.launch(_hanging_worker, 2, backend=None, timeout=3)
+        processes.launch(_hanging_worker, 2, backend=None, timeout=3)
     assert time.monotonic() - t0 < 20
-    assert sync.live_workers() == []
+    assert processes.live_workers() == []
 
 
 def test_collective_with_absent_peer_fails_instead_of_hanging():
     t0 = time.monotonic()
-    with pytest.raises((sync.WorkerError, TimeoutError)):
-        sync.launch(_absent_peer_worker, 2, timeout=40, init_timeout=3)
+    with pytest.raises((processes.WorkerError, TimeoutError)):
+        processes.launch(_absent_peer_worker, 2, timeout=40, init_timeout=3)
     assert time.monotonic() - t0 < 40
-    assert sync.live_workers() == []
+    assert processes.live_workers() == []
 
 
 def test_torchrun_entry_point():
