@@ -25,16 +25,15 @@ timed (interpreter timings mean nothing), and there is no CUDA graph.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
+import _cli  # benchmarks/_cli.py: the shared command line and output
 from dynbook import environment
 from dynbook.kernels.rk4 import (ROWS_CHOICES, pick_config, rk4_mlp, rk4_mlp_flops,
                                      rk4_mlp_reference)
@@ -182,16 +181,9 @@ def sweep(name, values, case, device, peak, min_run_time, baselines):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
-    ap.add_argument("--out", default=None, help="output folder (default results/<hardware>/)")
-    ap.add_argument("--min-run-time", type=float, default=None, help="seconds per timing (median)")
-    a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    a = _cli.parse(__doc__.split("\n\n")[0], argv)
     device = a.device
-    mrt = a.min_run_time or (0.05 if a.quick else 0.5)
+    mrt = a.min_run_time
     if a.quick:
         case = {"batch": 64, "d": 2, "h": 16, "n_steps": 10}
         batches, hiddens, cfg_case = [1, 5, 64], [16, 37], {"batch": 19, "d": 3, "h": 37, "n_steps": 2}
@@ -228,15 +220,7 @@ def main(argv=None):
         r.get("rel_err_vs_float64", 0.0) < 1e-4 for r in result["batch_sweep"] + result["hidden_sweep"])
     result["wall_seconds"] = time.perf_counter() - t0
 
-    if a.out:
-        folder = Path(a.out)
-    elif a.quick:
-        folder = Path("_build") / "bench"
-    else:
-        folder = Path("results") / environment.hardware_slug(hw)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bench_rk4_mlp.json"
-    path.write_text(json.dumps(result, indent=1, default=str))
+    path = _cli.write(result, "rk4_mlp", a, hw)
     h = result["headline"]
     if "speedup" in h:
         print("speed-up of the fused kernel: " + ", ".join(

@@ -27,15 +27,14 @@ On a CPU the Triton kernels run in Triton's interpreter: checked for correctness
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
+import _cli  # benchmarks/_cli.py: the shared command line and output
 from dynbook import environment
 from dynbook.kernels import scan
 from dynbook.measure import time_it
@@ -114,16 +113,9 @@ def forward_backward(shape, device, mrt):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
-    ap.add_argument("--out", default=None, help="output folder (default results/<hardware>/)")
-    ap.add_argument("--min-run-time", type=float, default=None, help="seconds per timing (median)")
-    a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    a = _cli.parse(__doc__.split("\n\n")[0], argv)
     device = a.device
-    mrt = a.min_run_time or (0.05 if a.quick else 0.5)
+    mrt = a.min_run_time
     if a.quick:
         head = {"b": 2, "l": 37, "d": 19, "n": 5}
         lin, lengths, fb = (6, 53), [16, 64], {"b": 1, "l": 33, "d": 8, "n": 4}
@@ -166,15 +158,7 @@ def main(argv=None):
     result["all_correct"] = result["linear"]["correct"] and all(r["correct"] for r in result["selective"].values())
     result["wall_seconds"] = time.perf_counter() - t0
 
-    if a.out:
-        folder = Path(a.out)
-    elif a.quick:
-        folder = Path("_build") / "bench"
-    else:
-        folder = Path("results") / environment.hardware_slug(hw)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bench_scan.json"
-    path.write_text(json.dumps(result, indent=1, default=str))
+    path = _cli.write(result, "scan", a, hw)
     fp32 = result["selective"]["float32"]
     if "meets_target" in fp32:
         for k, v in TARGETS.items():
