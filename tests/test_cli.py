@@ -75,8 +75,9 @@ def test_claims_ledger_from_metrics():
          "hardware": {"cpu": "Some CPU"},
          "claims": {"C1": {"statement": "a | b", "verdict": "supported", "evidence": "ratio 12"}},
          "checks": {"K1": {"passed": True}}}
-    text = cli.claims_ledger([m])
-    assert "## 01_x" in text and "**supported**" in text and "a \\| b" in text
+    assert "## 01_x" in cli.claims_ledger([m])
+    text = cli.claims_ledger([m], {"01_x": "1. Some title"})
+    assert "## 1. Some title" in text and "**supported**" in text and "a \\| b" in text
     assert "1 of 1 passed" in text
 
 
