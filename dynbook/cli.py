@@ -140,22 +140,13 @@ def check_names(chapter: Chapter, params: dict) -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def _git_commit(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def kernel_env(root: Path, out: Path) -> dict:
     """Environment for the chapter kernel: where to write metrics, which commit is running,
     and prefer this environment's kernelspec over a user-level one."""
     return {
         "DYNBOOK_ROOT": str(root),
         "DYNBOOK_METRICS_DIR": str(out / "metrics"),
-        "DYNBOOK_COMMIT": _git_commit(root),
+        "DYNBOOK_COMMIT": environment.git_describe(root),
         "JUPYTER_PREFER_ENV_PATH": "1",
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
     }

@@ -100,8 +100,11 @@ def commit() -> str:
     if env:
         return env
     root = find_root()
-    if root is None:
-        return "unknown"
+    return "unknown" if root is None else git_describe(root)
+
+
+def git_describe(root: str | os.PathLike) -> str:
+    """``git describe --always --dirty`` of the repository at ``root``, or 'unknown'."""
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],

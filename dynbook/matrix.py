@@ -11,7 +11,7 @@ its arithmetic intensity is the ratio. The roofline bounds attainable throughput
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -157,12 +157,6 @@ class GemmPoint:
         calls = self.energy.seconds / self.seconds
         return self.energy.per(self.flops * calls)
 
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("energy")
-        d.update(flops_per_s=self.flops_per_s, bytes_per_s=self.bytes_per_s,
-                 intensity=self.intensity, pj_per_flop=self.pj_per_flop)
-        return d
 
 
 def gemm_sweep(ms, n: int, k: int, *, dtype: str = "fp32", device: str = "cpu",

@@ -19,7 +19,6 @@ from torch.utils._pytree import tree_flatten
 def time_it(fn: Callable[[], object], *, device: str = "cpu", min_run_time: float = 0.2,
             warmup: int = 1) -> float:
     """Median seconds per call of ``fn()`` (CUDA work is synchronised before each reading)."""
-    import torch
     import torch.utils.benchmark as tb
 
     for _ in range(warmup):
@@ -32,8 +31,6 @@ def time_it(fn: Callable[[], object], *, device: str = "cpu", min_run_time: floa
 
 def cuda_peak_memory(fn: Callable[[], object]) -> int:
     """Peak bytes allocated on the current CUDA device while ``fn()`` runs, above the start."""
-    import torch
-
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -62,8 +59,6 @@ class SavedTensorBytes:
         return t
 
     def __enter__(self):
-        import torch
-
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._ctx.__enter__()
         return self

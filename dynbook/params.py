@@ -13,7 +13,6 @@ Specs are small objects (``Int(lo, hi)``, ``Float(lo, hi)``, ``Choice(...)``, ``
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -279,7 +278,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
 class Run:
