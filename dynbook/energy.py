@@ -268,6 +268,16 @@ class EnergyMeter:
             self.counter.close()
 
 
+def measure(fn: Callable[[], object], *, device: str = "cpu", repeat: int = 1,
+            meter: EnergyMeter | None = None) -> EnergyReading:
+    """Run ``fn`` ``repeat`` times inside one metered region and return the reading."""
+    meter = meter or EnergyMeter(device)
+    with meter:
+        for _ in range(repeat):
+            fn()
+    return meter.reading
+
+
 # ----------------------------------------------------------------------------- Horowitz model
 
 #: Energy per operation at 45 nm, 0.9 V (Horowitz, ISSCC 2014), in picojoules.
