@@ -1,9 +1,12 @@
 """dynbook: the helper package of the executable book *From matrix-based to dynamical deep
 learning — synchronization and energy*.
 
-A chapter imports this package, calls :func:`setup` right after its ``parameters`` cell, records
-what it measures with :func:`record`, asserts what must hold with :func:`check`, answers each
-claim of the documents with :func:`verdict`, and ends with :func:`provenance`.
+A chapter imports this package, calls :func:`setup` right after its ``parameters`` cell,
+declares its claims with their decision rules and negative controls (:func:`declare`, the
+claims protocol of :mod:`dynbook.claims`), records what it measures with :func:`record`, asserts
+what must hold with :func:`check`, gives each claim its verdict from an estimate with an
+interval (:func:`decide`, :mod:`dynbook.stats`), and ends with :func:`summary` and
+:func:`provenance`.
 
 Importing ``dynbook`` touches no GPU, network or file; submodules load on first use.
 """
@@ -14,8 +17,11 @@ from typing import Any, Mapping
 
 from .params import ParameterError, Run
 from .metrics import ClaimFailed, check, record, verdict
+from .claims import Claim, Rule, at_least, at_most, declare, decide, summary, within
+from .stats import Estimate
 
-__all__ = ["setup", "record", "check", "verdict", "provenance", "ParameterError", "ClaimFailed", "Run"]
+__all__ = ["setup", "record", "check", "verdict", "provenance", "ParameterError", "ClaimFailed", "Run",
+           "Claim", "Rule", "at_least", "at_most", "within", "declare", "decide", "summary", "Estimate"]
 __version__ = "0.1.0"
 
 

@@ -71,13 +71,19 @@ def test_plain_papermill_validates_unknown_names_too(tmp_path):
 
 
 def test_claims_ledger_from_metrics():
-    m = {"chapter": "01_x", "profile": "quick", "device": "cpu", "commit": "abc",
+    m = {"chapter": "01_x", "profile": "quick", "device": "cpu", "commit": "abc", "seed": 3,
          "hardware": {"cpu": "Some CPU"},
-         "claims": {"C1": {"statement": "a | b", "verdict": "supported", "evidence": "ratio 12"}},
+         "claims": {"C1": {"statement": "a | b", "source": "seed 000 §II", "quantity": "ratio",
+                           "rule": {"text": "≥ 10"}, "value": 12.0, "interval": [11.0, 13.5],
+                           "negative_control": {"case": "no batching", "value": 1.0,
+                                                "interval": [0.9, 1.1], "verdict": "not supported"},
+                           "verdict": "supported"}},
          "checks": {"K1": {"passed": True}}}
     assert "## 01_x" in cli.claims_ledger([m])
     text = cli.claims_ledger([m], {"01_x": "1. Some title"})
     assert "## 1. Some title" in text and "**supported**" in text and "a \\| b" in text
+    assert "ratio ≥ 10" in text and "12 [11, 13.5]" in text
+    assert "no batching: 1 [0.9, 1.1] → not supported" in text and "seed 3" in text
     assert "1 of 1 passed" in text
 
 

@@ -1,0 +1,59 @@
+"""Intervals that decide verdicts: coverage of the t interval, bootstrap of timing ratios."""
+
+import numpy as np
+import pytest
+
+from dynbook import stats
+
+
+def test_t_interval_covers_the_mean_at_its_level():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        e = stats.over_seeds(rng.normal(1.0, 2.0, size=4))
+        hits += e.lo <= 1.0 <= e.hi
+    assert hits / 2000 == pytest.approx(0.95, abs=0.015)
+
+
+def test_single_seed_is_a_point_and_empty_or_nan_is_refused():
+    e = stats.over_seeds([2.0])
+    assert (e.lo, e.value, e.hi, e.n) == (2.0, 2.0, 2.0, 1)
+    with pytest.raises(ValueError, match="empty"):
+        stats.over_seeds([])
+    with pytest.raises(ValueError, match="NaN"):
+        stats.over_seeds([1.0, float("nan")])
+    with pytest.raises(ValueError, match="statistic"):
+        stats.over_seeds([1.0, 2.0], statistic="mode")
+
+
+def test_median_bootstrap_contains_the_median():
+    e = stats.over_seeds([1.0, 2.0, 3.0, 10.0, 2.5], statistic="median")
+    assert e.value == 2.5 and e.lo <= 2.5 <= e.hi
+
+
+def test_timing_ratio_of_noisy_repeats():
+    rng = np.random.default_rng(1)
+    a = 2.0 * (1 + rng.exponential(0.05, size=9))  # load only ever adds time
+    b = 1.0 * (1 + rng.exponential(0.05, size=9))
+    e = stats.timing_ratio(a, b)
+    assert e.lo <= e.value <= e.hi
+    assert 1.7 < e.lo and e.hi < 2.4
+    with pytest.raises(ValueError, match="2 repeats"):
+        stats.timing_ratio([1.0], [1.0, 2.0])
+
+
+def test_ratio_and_difference_combine_intervals():
+    a, b = stats.Estimate(4.0, 3.0, 5.0), stats.Estimate(2.0, 1.5, 2.5)
+    d = stats.difference(a, b)
+    assert d.value == 2.0 and d.lo < 2.0 < d.hi
+    r = stats.ratio(a, b)
+    assert r.value == pytest.approx(2.0) and r.lo < 2.0 < r.hi
+    with pytest.raises(ValueError, match="positive"):
+        stats.ratio(stats.Estimate(1.0, -1.0, 2.0), b)
+
+
+def test_exact_with_resolution():
+    e = stats.exact(1.0, 2**-10)
+    assert e.interval == (1.0 - 2**-10, 1.0 + 2**-10)
+    with pytest.raises(ValueError, match="outside"):
+        stats.Estimate(5.0, 0.0, 1.0)
