@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: book test venv list clean
+.PHONY: book test test-fast venv list clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ book: venv  ## execute every chapter with papermill, build the HTML, print index
 
 test: venv  ## unit tests + every chapter executed with profile=quick
 	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: venv  ## unit tests only, no chapter runs (the developer's loop; under 2 minutes)
+	$(BIN)/python -m pytest -m "not chapter" $(ARGS)
 
 list: venv
 	$(BIN)/dynbook list
