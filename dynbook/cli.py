@@ -290,8 +290,10 @@ def save_results(root: Path, metrics_dir: Path, chs: list[Chapter]) -> Path:
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a parameter of the chapter's parameters cell (repeatable)")
-    p.add_argument("--profile", choices=("quick", "full", "auto"), help="shorthand for -p profile=…")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for -p device=…")
+    from .params import DEVICES, PROFILES
+
+    p.add_argument("--profile", choices=PROFILES, help="shorthand for -p profile=…")
+    p.add_argument("--device", choices=DEVICES, help="shorthand for -p device=…")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <book>/_build)")
     p.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
     p.add_argument("--save-results", action="store_true",
