@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("dynbook", "torch", "torchdiffeq", "triton", "numpy", "scipy", "matplotlib", "papermill", "myst-nb")
+PACKAGES = ("dynbook", "torch", "torchdiffeq", "torchsde", "triton", "numpy", "scipy", "matplotlib", "papermill", "myst-nb")
 
 
 def find_root(start: str | os.PathLike | None = None) -> Path | None:
