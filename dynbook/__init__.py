@@ -46,9 +46,10 @@ def setup(chapter: str, namespace: Mapping[str, Any], schema: Mapping | None = N
     values = _params.validate(values, schema, strict=True)
     device = _params.resolve_device(values["device"])
     profile = _params.resolve_profile(values["profile"], device)
+    values = _params.resolve_defaults(values, schema, profile)
     _params.seed_everything(values["seed"])
     _setup_calls += 1
-    run = Run(chapter, values, device=device, profile=profile)
+    run = Run(chapter, values, device=device, profile=profile, schema=schema)
     rec = _record.start(chapter, profile=profile, device=device, seed=values["seed"],
                         parameters=values, directory=metrics_dir)
     plotting.use_style()

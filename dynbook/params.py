@@ -8,6 +8,10 @@ parameter, the value and what is allowed.
 Specs are small objects (``Int(lo, hi)``, ``Float(lo, hi)``, ``Choice(...)``, ``Bool()``,
 ``Str()``, ``List(Int(...))``, ``Optional(...)``); every chapter shares ``profile``,
 ``device`` and ``seed`` (see :data:`COMMON`).
+
+A spec may carry its profile defaults, ``Int(1, 16384, quick=256, full=1024)``: the parameters
+cell then says ``max_batch = None`` and :func:`resolve_defaults` puts in the value of the
+resolved profile, so each parameter is declared once and no chapter picks values by profile.
 """
 
 from __future__ import annotations
@@ -29,11 +33,39 @@ def _show(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+class _Unset:
+    def __repr__(self):
+        return "unset"
+
+
+UNSET = _Unset()  # a spec without profile defaults
+
+
 @dataclass(frozen=True)
 class Spec:
-    """Base class: ``check(name, value)`` returns the normalised value or raises."""
+    """Base class: ``check(name, value)`` returns the normalised value or raises.
+
+    ``quick``/``full``: the profile defaults; with them, ``None`` is allowed and means "the
+    resolved profile's value" (see :func:`resolve_defaults`)."""
 
     help: str = field(default="", kw_only=True)
+    quick: Any = field(default=UNSET, kw_only=True)
+    full: Any = field(default=UNSET, kw_only=True)
+
+    def __post_init__(self):
+        if (self.quick is UNSET) != (self.full is UNSET):
+            raise ValueError(f"{type(self).__name__}: give both quick= and full= defaults, or neither")
+        for prof in ("quick", "full"):
+            default = getattr(self, prof)
+            if default is not UNSET:
+                self.check(f"<{prof} default>", default)  # a bad default is the chapter's bug
+
+    @property
+    def has_defaults(self) -> bool:
+        return self.quick is not UNSET
+
+    def default(self, profile: str) -> Any:
+        return self.full if profile == "full" else self.quick
 
     def allowed(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -41,10 +73,27 @@ class Spec:
     def check(self, name: str, value: Any) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def validate(self, name: str, value: Any) -> Any:
+        """``check``, letting ``None`` through when the profile supplies the value."""
+        if value is None and self.has_defaults:
+            return None
+        try:
+            return self.check(name, value)
+        except ParameterError:
+            if not self.has_defaults:
+                raise
+            raise self.fail(name, value) from None
+
+    def described(self) -> str:
+        """What is allowed, including ``None`` for specs with profile defaults."""
+        if self.has_defaults:
+            return f"None (the profile's value: quick {self.quick!r}, full {self.full!r}) or {self.allowed()}"
+        return self.allowed()
+
     def fail(self, name: str, value: Any, why: str = "") -> ParameterError:
         why = f" ({why})" if why else ""
         return ParameterError(
-            f"parameter '{name}' = {_show(value)} is not allowed{why}: expected {self.allowed()}"
+            f"parameter '{name}' = {_show(value)} is not allowed{why}: expected {self.described()}"
         )
 
 
@@ -107,9 +156,12 @@ class Float(Spec):
 class Choice(Spec):
     options: tuple = ()
 
-    def __init__(self, *options, help: str = ""):
+    def __init__(self, *options, help: str = "", quick: Any = UNSET, full: Any = UNSET):
         object.__setattr__(self, "options", tuple(options))
         object.__setattr__(self, "help", help)
+        object.__setattr__(self, "quick", quick)
+        object.__setattr__(self, "full", full)
+        self.__post_init__()
 
     def allowed(self) -> str:
         return "one of " + ", ".join(repr(o) for o in self.options)
@@ -151,11 +203,15 @@ class List(Spec):
     min_len: int = 1
     max_len: int | None = None
 
-    def __init__(self, item: Spec, min_len: int = 1, max_len: int | None = None, help: str = ""):
+    def __init__(self, item: Spec, min_len: int = 1, max_len: int | None = None, help: str = "",
+                 quick: Any = UNSET, full: Any = UNSET):
         object.__setattr__(self, "item", item)
         object.__setattr__(self, "min_len", min_len)
         object.__setattr__(self, "max_len", max_len)
         object.__setattr__(self, "help", help)
+        object.__setattr__(self, "quick", quick)
+        object.__setattr__(self, "full", full)
+        self.__post_init__()
 
     def allowed(self) -> str:
         n = f"at least {self.min_len}" + (f" and at most {self.max_len}" if self.max_len else "")
@@ -184,6 +240,8 @@ class Optional(Spec):
     def __init__(self, inner: Spec, help: str = ""):
         object.__setattr__(self, "inner", inner)
         object.__setattr__(self, "help", help)
+        object.__setattr__(self, "quick", UNSET)
+        object.__setattr__(self, "full", UNSET)
 
     def allowed(self) -> str:
         return f"None or {self.inner.allowed()}"
@@ -237,7 +295,16 @@ def validate(values: Mapping[str, Any], schema: Mapping[str, Spec], *, strict: b
             f"parameter{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
             "not defined: the parameters cell must define every parameter of the schema"
         )
-    return {name: spec.check(name, values[name]) for name, spec in full.items()}
+    return {name: spec.validate(name, values[name]) for name, spec in full.items()}
+
+
+def resolve_defaults(values: Mapping[str, Any], schema: Mapping[str, Spec], profile: str) -> dict:
+    """Put the resolved profile's default in place of each ``None`` whose spec has one."""
+    out = dict(values)
+    for name, spec in schema.items():
+        if out.get(name) is None and spec.has_defaults:
+            out[name] = spec.default(profile)
+    return out
 
 
 def cuda_available() -> bool:
@@ -283,8 +350,10 @@ def seed_everything(seed: int) -> None:
 class Run:
     """The validated parameters of one chapter run (attribute access, read-only)."""
 
-    def __init__(self, chapter: str, values: dict, device: str, profile: str):
+    def __init__(self, chapter: str, values: dict, device: str, profile: str,
+                 schema: Mapping[str, Spec] | None = None):
         object.__setattr__(self, "chapter", chapter)
+        object.__setattr__(self, "schema", dict(schema or {}))
         object.__setattr__(self, "values", dict(values))
         object.__setattr__(self, "device", device)
         object.__setattr__(self, "profile", profile)
@@ -314,6 +383,19 @@ class Run:
         """A parameter that may be ``None`` (then the profile's value)."""
         value = self.values[name]
         return self.pick(quick, full) if value is None else value
+
+    def table(self):
+        """The parameters of this run as a Markdown table: name, the value used, what is
+        allowed, the quick and full defaults, and what the parameter does."""
+        from IPython.display import Markdown
+
+        full = {**COMMON, **self.schema}
+        rows = ["| parameter | used | allowed | quick | full | meaning |", "|---|---|---|---|---|---|"]
+        for name, spec in full.items():
+            q, f = ("", "") if not spec.has_defaults else (repr(spec.quick), repr(spec.full))
+            cells = (f"`{name}`", f"`{self.values[name]!r}`", spec.allowed(), q, f, spec.help)
+            rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+        return Markdown("\n".join(rows))
 
     def __repr__(self):
         shown = ", ".join(f"{k}={v!r}" for k, v in self.values.items())

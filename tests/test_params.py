@@ -87,3 +87,34 @@ def test_seed_everything_is_reproducible():
     p.seed_everything(7)
     b = (torch.rand(3), np.random.rand(2))
     assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all()
+
+
+def test_profile_defaults_resolve_none_and_are_declared_once():
+    schema = {"n": Int(1, 100, quick=4, full=64), "sizes": List(Int(1, 9), quick=[1], full=[1, 2, 3]),
+              "mode": Choice("a", "b", quick="a", full="b"), "lr": Float(0, 1)}
+    values = p.validate(base(n=None, sizes=None, mode=None, lr=0.5), schema)
+    assert values["n"] is None
+    assert p.resolve_defaults(values, schema, "quick") == {**values, "n": 4, "sizes": [1], "mode": "a"}
+    assert p.resolve_defaults(values, schema, "full")["n"] == 64
+    given = p.resolve_defaults(p.validate(base(n=7, sizes=[2], mode="a", lr=0.5), schema), schema, "full")
+    assert given["n"] == 7 and given["sizes"] == [2]  # a given value wins over the profile's
+
+
+def test_profile_defaults_are_checked_and_named_in_errors():
+    with pytest.raises(ParameterError, match="quick default"):
+        Int(1, 10, quick=0, full=5)
+    with pytest.raises(ValueError, match="both quick= and full="):
+        Int(1, 10, quick=3)
+    with pytest.raises(ParameterError) as err:
+        p.validate(base(n=0), {"n": Int(1, 10, quick=2, full=8)})
+    msg = str(err.value)
+    assert "'n'" in msg and "quick 2, full 8" in msg and "an integer in [1, 10]" in msg
+    with pytest.raises(ParameterError):  # None is not allowed without profile defaults
+        p.validate(base(n=None), {"n": Int(1, 10)})
+
+
+def test_run_table_shows_used_value_and_defaults():
+    schema = {"n": Int(1, 100, quick=4, full=64, help="hidden width")}
+    run = p.Run("x", {"profile": "quick", "device": "cpu", "seed": 0, "n": 4}, "cpu", "quick", schema)
+    text = run.table().data
+    assert "| `n` | `4` | an integer in [1, 100] | 4 | 64 | hidden width |" in text
