@@ -393,7 +393,11 @@ class Run:
         rows = ["| parameter | used | allowed | quick | full | meaning |", "|---|---|---|---|---|---|"]
         for name, spec in full.items():
             q, f = ("", "") if not spec.has_defaults else (repr(spec.quick), repr(spec.full))
-            cells = (f"`{name}`", f"`{self.values[name]!r}`", spec.allowed(), q, f, spec.help)
+            used = f"`{self.values[name]!r}`"
+            resolved = {"profile": self.profile, "device": self.device}.get(name, self.values[name])
+            if resolved != self.values[name]:
+                used += f" → `{resolved!r}`"
+            cells = (f"`{name}`", used, spec.allowed(), q, f, spec.help)
             rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
         return Markdown("\n".join(rows))
 
