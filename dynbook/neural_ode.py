@@ -4,7 +4,8 @@ ResNet it is the continuous limit of, and the measurements of Chapter 3.
 Glossary (code ↔ maths): ``MLPField`` = f_θ(z) = tanh(z W1 + b1) W2 + b2 (autonomous); an
 ``ODENet`` maps x ∈ R² → z(0) = [x, 0] ∈ R^d → z(t1) → logit; a ``ResNet`` of depth L takes L
 steps z ← z + f_{θ_l}(z)/L, one parameter set θ_l per layer (forward Euler of a field whose
-parameters change with depth). ``nfe`` = number of field evaluations.
+parameters change with depth); ``ResNet(tied=True)`` reuses one θ at every step (forward Euler of
+the ODE-Net's autonomous field). ``nfe`` = number of field evaluations.
 
 Solvers (``solver=``): ``"rk4_mlp"`` is classical RK4 through :func:`dynbook.kernels.rk4_mlp`
 (fused Triton kernel on CUDA, PyTorch loop elsewhere); any other name is a torchdiffeq method,
@@ -122,23 +123,75 @@ class ODENet(nn.Module):
 
 
 class ResNet(nn.Module):
-    """x → [x, 0] → L residual blocks z ← z + f_l(z)/L (own parameters each) → linear logit."""
+    """x → [x, 0] → L residual blocks z ← z + f_l(z)/L → linear logit.
 
-    def __init__(self, d: int, h: int, *, depth: int):
+    Untied (default): each block has its own parameters θ_l. ``tied=True``: one block applied
+    L times, i.e. L forward-Euler steps of dz/dt = f(z; θ) on [0, 1] — the parameters of one
+    ODE-Net field, with L evaluations of it."""
+
+    def __init__(self, d: int, h: int, *, depth: int, tied: bool = False):
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth={depth!r} is not allowed: expected an integer >= 1")
         self.d = d
-        self.blocks = nn.ModuleList(MLPField(d, h) for _ in range(depth))
+        self.depth = depth
+        self.tied = tied
+        self.blocks = nn.ModuleList(MLPField(d, h) for _ in range(1 if tied else depth))
         self.readout = nn.Linear(d, 1)
 
     def forward(self, x):
         z = augment(x, self.d)
-        for block in self.blocks:
-            z = z + block(None, z) / len(self.blocks)
+        for l in range(self.depth):
+            z = z + self.blocks[0 if self.tied else l](None, z) / self.depth
         return self.readout(z).squeeze(-1)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+FAMILIES = ("ode", "resnet", "tied_resnet")
+
+
+def make_model(family: str, d: int, h: int, *, n_steps: int) -> nn.Module:
+    """One model of Chapter 3's capacity comparison, all with the same field form, padding
+    and read-out:
+
+    * ``"ode"`` — ODE-Net, one field of width ``h``, ``n_steps`` classical RK4 steps
+      (``4 n_steps`` evaluations);
+    * ``"resnet"`` — ``n_steps`` untied residual blocks of width ``h`` (``n_steps`` evaluations);
+    * ``"tied_resnet"`` — one block of width ``h`` applied ``n_steps`` times (forward Euler).
+    """
+    if family == "ode":
+        return ODENet(d, h, n_steps=n_steps)
+    if family in ("resnet", "tied_resnet"):
+        return ResNet(d, h, depth=n_steps, tied=family == "tied_resnet")
+    raise ValueError(f"family={family!r} is not allowed: expected one of {', '.join(FAMILIES)}")
+
+
+def field_parameters(d: int, h: int) -> int:
+    """Parameters of one field f(z) = tanh(z W1 + b1) W2 + b2 on R^d with width h."""
+    return 2 * d * h + h + d
+
+
+def matched_resnet_width(d: int, h: int, *, depth: int) -> int:
+    """The block width whose untied ResNet of ``depth`` blocks has the parameter count closest
+    to an ODE-Net with one field of width ``h`` (the wider on a tie, at least 1): the untied
+    ResNet then spends its parameters on ``depth`` thin fields instead of one wide one."""
+    target = field_parameters(d, h)
+    widths = range(1, h + 1)
+    return min(widths, key=lambda w: (abs(depth * field_parameters(d, w) - target), -w))
+
+
+def function_evaluations(model: nn.Module) -> int:
+    """Field (block) evaluations of one forward pass of a fixed-step model."""
+    if isinstance(model, ODENet):
+        s = model.solve
+        per_step = {"euler": 1, "midpoint": 2, "rk4": 4, "rk4_mlp": 4}
+        if s["solver"] not in per_step:
+            raise ValueError(f"solver {s['solver']!r} is adaptive: its evaluations are counted in field.nfe")
+        return per_step[s["solver"]] * s["n_steps"]
+    return model.depth
 
 
 # ----------------------------------------------------------------------------- data, training
@@ -162,28 +215,63 @@ class History:
     loss: list = field(default_factory=list)
     nfe: list = field(default_factory=list)  # forward evaluations per iteration (ODE-Nets)
     seconds: float = 0.0
+    val_accuracy: list = field(default_factory=list)  # (iteration, accuracy) at each evaluation
+    best_iteration: int | None = None  # the checkpoint kept (validation selection), else None
 
 
-def train(model: nn.Module, x, y, *, iterations: int, lr: float = 1e-2) -> History:
-    """Full-batch Adam on the logistic loss; records loss and forward NFE per iteration."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+def train(model: nn.Module, x, y, *, iterations: int, lr: float = 1e-2, x_val=None, y_val=None,
+          eval_every: int = 25) -> History:
+    """Full-batch Adam (cosine schedule) on the logistic loss of the parameters that require
+    grad (none: the model is only evaluated); records loss and forward NFE per iteration.
+
+    With validation data ``x_val, y_val`` the model's accuracy on it is measured every
+    ``eval_every`` iterations and after the last, and the model is left at the checkpoint with
+    the best validation accuracy (the earliest among ties): model selection never sees the
+    test set."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr) if params else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations) if params else None
     hist = History()
     f = getattr(model, "field", None)
+    best = None  # (validation accuracy, iteration, state) of the checkpoint kept
+
+    def checkpoint(it):
+        nonlocal best
+        acc = accuracy(model, x_val, y_val)
+        hist.val_accuracy.append((it, acc))
+        if best is None or acc > best[0]:
+            best = (acc, it, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
     t0 = time.perf_counter()
-    for _ in range(iterations):
+    for it in range(iterations):
+        if x_val is not None and it % eval_every == 0 and it > 0:
+            checkpoint(it)
         if f is not None:
             f.nfe = 0
         loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
         if f is not None:
             hist.nfe.append(f.nfe)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
         hist.loss.append(float(loss.detach()))
+    if x_val is not None:
+        checkpoint(iterations)
+        hist.best_iteration = best[1]
+        model.load_state_dict(best[2])
     hist.seconds = time.perf_counter() - t0
     return hist
+
+
+def nfe_growth(nfe, *, fraction: float = 0.1) -> float:
+    """Mean forward NFE over the last ``fraction`` of training ÷ mean over the first."""
+    nfe = [float(n) for n in nfe]
+    if not nfe or min(nfe) <= 0:
+        raise ValueError("nfe_growth needs a non-empty list of positive evaluation counts")
+    k = max(1, int(len(nfe) * fraction))
+    return (sum(nfe[-k:]) / k) / (sum(nfe[:k]) / k)
 
 
 @torch.no_grad()
@@ -199,12 +287,14 @@ def _flat_grad(params):
 
 
 def training_memory(model: ODENet, x, y, *, device: str) -> tuple[int, torch.Tensor]:
-    """Memory of one forward + backward and the gradient it gives.
+    """Peak memory of one forward + backward, above what was held before, and the gradient it
+    gives: the CUDA allocator's peak on a GPU, :class:`~dynbook.measure.TensorBytesPeak`
+    (tensor storage materialised by ATen operators while it lives) on a CPU.
 
-    On CUDA: peak bytes allocated above the start (``cuda_peak_memory``); on a CPU, where no
-    allocator reports a peak: bytes autograd saves for backward during the forward
-    (``SavedTensorBytes``) — the part of training memory that grows with the graph."""
-    from .measure import SavedTensorBytes, cuda_peak_memory
+    The peak spans the backward pass on purpose: the adjoint method keeps nothing per step in
+    its forward pass but builds a one-step graph for each step of its backward solve, and
+    the gradients themselves are allocated there."""
+    from .measure import peak_bytes
 
     params = list(model.parameters())
     for p in params:
@@ -214,32 +304,26 @@ def training_memory(model: ODENet, x, y, *, device: str) -> tuple[int, torch.Ten
         loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
         loss.backward()
 
-    if device == "cuda":
-        nbytes = cuda_peak_memory(step)
-    else:
-        with SavedTensorBytes() as saved:
-            loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
-        loss.backward()
-        nbytes = saved.bytes
+    nbytes = peak_bytes(step, device=device)
     return nbytes, _flat_grad(params).detach().clone()
 
 
 def memory_vs_steps(model: ODENet, x, y, steps, *, device: str) -> dict:
     """Backprop-through-the-solver vs adjoint on the same model, fixed-step ``rk4`` with each
-    count of ``steps``: bytes, gradient relative error, seconds per forward+backward."""
+    count of ``steps``: peak bytes over forward and backward (:func:`training_memory`), the
+    gradient's relative difference, and the field evaluations of one training step (forward
+    and backward: the adjoint's price in compute, counted rather than timed)."""
     out = {"steps": list(steps), "backprop_bytes": [], "adjoint_bytes": [], "grad_rel_err": [],
-           "backprop_seconds": [], "adjoint_seconds": []}
+           "backprop_nfe": [], "adjoint_nfe": []}
     saved = dict(model.solve)
     try:
         for n in steps:
             grads = {}
             for mode in ("backprop", "adjoint"):
                 model.solve.update(solver="rk4", n_steps=n, adjoint=mode == "adjoint")
-                t0 = time.perf_counter()
+                model.field.nfe = 0
                 nbytes, grads[mode] = training_memory(model, x, y, device=device)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                out[f"{mode}_seconds"].append(time.perf_counter() - t0)
+                out[f"{mode}_nfe"].append(model.field.nfe)
                 out[f"{mode}_bytes"].append(nbytes)
             err = (grads["adjoint"] - grads["backprop"]).norm() / grads["backprop"].norm()
             out["grad_rel_err"].append(float(err))
@@ -252,32 +336,71 @@ def memory_vs_steps(model: ODENet, x, y, steps, *, device: str) -> dict:
 # ----------------------------------------------------------------------------- per-sample cost
 
 
-def per_sample_cost(model: nn.Module, x, *, device: str, meter=None,
-                    min_seconds: float = 1.0) -> dict:
-    """Inference seconds per sample (median, ``time_it``) and joules per sample from
-    ``meter`` (an :class:`~dynbook.energy.EnergyMeter`) over repeats lasting ``min_seconds``;
-    ``joules_per_sample`` is None when the meter has no counter."""
+def interleaved_seconds(fns: dict, *, device: str, repeats: int = 3,
+                        min_run_time: float = 0.05) -> dict:
+    """``{name: [seconds per call, one per repeat]}``: the median of each callable
+    (:func:`~dynbook.measure.time_it`, synchronised on CUDA), the callables interleaved in
+    every repeat so that a burst of load on a shared machine widens every series instead of
+    biasing one. Feed two series to :func:`dynbook.stats.timing_ratio`."""
     from .measure import time_it
 
+    if repeats < 2:
+        raise ValueError(f"repeats={repeats!r} is not allowed: an interval needs at least 2")
+    out = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            out[name].append(time_it(fn, device=device, min_run_time=min_run_time))
+    return out
+
+
+def energy_per_sample(models: dict, x, *, device: str, meter, repeats: int = 3,
+                      min_seconds: float = 1.0) -> dict:
+    """Joules per sample of inference ``model(x)`` for each of ``models`` (name → module),
+    from ``meter`` (an :class:`~dynbook.energy.EnergyMeter`), in ``repeats`` interleaved
+    rounds of at least ``min_seconds`` each.
+
+    Returns ``{"available", "reason", "gross": {name: [J/sample]}, "net": {name: [J/sample]},
+    "net_fraction": smallest net/gross over all readings}``. Net is gross minus the meter's idle
+    power × duration; a net share that is a small fraction of gross means idle power, not the
+    model, dominates the reading (the caller decides how small is too small)."""
+    from .measure import time_it
+
+    out = {"available": False, "reason": "", "gross": {n: [] for n in models},
+           "net": {n: [] for n in models}, "net_fraction": None}
+    if meter is None or not meter.available:
+        out["reason"] = "no meter" if meter is None else meter.reason
+        return out
     n = x.shape[0]
     with torch.no_grad():
-        seconds = time_it(lambda: model(x), device=device, min_run_time=0.2)
-        joules = None
-        reason = "no meter" if meter is None else meter.reason
-        if meter is not None and meter.available:
-            repeat = max(1, math.ceil(min_seconds / max(seconds, 1e-9)))
-            with meter:
-                for _ in range(repeat):
-                    model(x)
-            r = meter.reading
-            reason = r.describe()
-            if r.available:  # net of idle power when the meter measured it
-                j = r.net_joules if r.net_joules is not None else r.joules
-                joules = j / (repeat * n)
-    return {"seconds_per_sample": seconds / n, "joules_per_sample": joules, "energy": reason}
+        calls = {name: max(1, math.ceil(min_seconds / max(time_it(lambda m=m: m(x), device=device,
+                                                                   min_run_time=0.1), 1e-9)))
+                 for name, m in models.items()}
+        if meter.idle_watts is None:
+            meter.measure_idle()
+        for _ in range(repeats):
+            for name, m in models.items():
+                with meter:
+                    for _ in range(calls[name]):
+                        m(x)
+                r = meter.reading
+                if not r.available or r.net_joules is None:
+                    out["reason"] = r.describe()
+                    return out
+                out["gross"][name].append(r.joules / (calls[name] * n))
+                out["net"][name].append(r.net_joules / (calls[name] * n))
+    out["available"] = True
+    out["reason"] = f"{meter.source}, idle {meter.idle_watts:.3g} W subtracted"
+    out["net_fraction"] = min(nt / g for name in models
+                              for nt, g in zip(out["net"][name], out["gross"][name]))
+    return out
 
 
 # ----------------------------------------------------------------------------- solvers
+
+
+def _sync(t: torch.Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
 
 
 def solver_sweep(f: MLPField, z0, *, t1: float, fixed_steps, tolerances, reference,
@@ -294,8 +417,10 @@ def solver_sweep(f: MLPField, z0, *, t1: float, fixed_steps, tolerances, referen
         for method, kind, setting in runs:
             kw = ({"n_steps": setting} if kind == "fixed" else {"rtol": setting, "atol": setting})
             f.nfe = 0
+            _sync(z0)
             t0 = time.perf_counter()
             z = integrate(f, z0, t1=t1, solver=method, impl="torch", **kw)
+            _sync(z0)  # CUDA runs asynchronously: read the clock after the work, not the launch
             seconds = time.perf_counter() - t0
             rows.append({"method": method, "kind": kind, "setting": setting, "nfe": f.nfe,
                          "seconds": seconds, "error": float((z - reference).abs().max())})
