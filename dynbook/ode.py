@@ -1,5 +1,7 @@
-"""Residual networks as ODE integrators: Euler and RK4 ResNets, reference flows, depth
-resampling, stable (antisymmetric, Hamiltonian) blocks and Lyapunov exponents.
+"""Residual networks as ODE integrators: Euler and RK4 ResNets, reference flows and their
+validation, orders of convergence, depth resampling (ensembles trained in one pass), stable
+(antisymmetric, Hamiltonian) blocks, exponential growth rates per unit time, the Euler
+stability condition on and off the equilibrium, and Lyapunov exponents.
 
 Glossary (code name → symbol):
 
@@ -11,6 +13,8 @@ Glossary (code name → symbol):
 ``K``, ``b``           weight matrix and bias of a tied block y ↦ y + h σ(K y + b)
 ``gamma``              γ ≥ 0, the damping of K = ½(W − Wᵀ) − γ I
 ``step_size``          h of a tied (time-invariant) residual network
+``n_models``           S, the number of independent fields stacked in one ensemble
+``blocks``             the matrices K_l of a network whose weights change with depth
 =====================  ==========================================================
 
 Everything here is plain PyTorch: it runs on any device and dtype the inputs have; the
@@ -29,9 +33,11 @@ from torch import nn
 
 __all__ = [
     "KnotField", "layer_times", "resnet_euler", "resnet_rk4", "resnet", "SCHEMES", "ode_flow", "rms", "depth_errors",
-    "convergence_order", "train_field", "antisymmetric", "TiedResNet", "KINDS",
-    "perturbation_growth", "gradient_growth", "euler_stable_step", "growth_rate", "measured_stable_step",
-    "tanh_lyapunov", "mean_field_chi", "critical_weight_scale",
+    "richardson", "cauchy_differences", "convergence_order", "train_field", "twist",
+    "antisymmetric", "TiedResNet", "KINDS", "perturbation_growth", "gradient_growth", "exponential_rate",
+    "euler_stable_step", "antisymmetric_stable_step", "euler_growth_rate", "growth_rate", "measured_stable_step",
+    "finite_growth_rate", "frozen_stable_step",
+    "tanh_lyapunov", "mean_field_chi", "critical_weight_scale", "sign_changes",
 ]
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,29 +68,47 @@ class KnotField(nn.Module):
     linear: a few knots make a *smooth-in-depth* network; one knot per layer at
     :func:`layer_times` makes an ordinary untied ResNet. Call as ``f(t, y)`` with
     ``y: (..., dim)`` (torchdiffeq's convention); returns ``(..., dim)``.
+
+    ``n_models`` = S stacks S independent fields (an ensemble trained in one pass: the
+    per-model losses add, so each model's gradient is its own). Then every weight has a
+    leading axis of size S, ``y: (S, n, dim)``, and ``generator`` may be a sequence of S
+    generators: model i draws its weights from generator i exactly as a single field would.
     """
 
     def __init__(self, dim: int, width: int, knot_times: Sequence[float], *, weight_scale: float = 1.0,
-                 generator: torch.Generator | None = None, dtype=torch.float64, device=None):
+                 generator=None, dtype=torch.float64, device=None, n_models: int | None = None):
         super().__init__()
         _positive_int("dim", dim)
         _positive_int("width", width)
         _positive_float("weight_scale", weight_scale, allow_zero=True)
+        if n_models is not None:
+            _positive_int("n_models", n_models)
         times = [float(t) for t in knot_times]
         if not times or any(b <= a for a, b in zip(times, times[1:])) or not all(map(math.isfinite, times)):
             raise ValueError(f"knot_times={knot_times!r} is not allowed: expected a non-empty, strictly "
                              "increasing sequence of finite times")
         self.knots = tuple(times)  # a Python tuple: locating t needs no device sync
+        self.n_models = n_models
         n = len(times)
+        lead = () if n_models is None else (n_models,)
+        if n_models is None or generator is None or isinstance(generator, torch.Generator):
+            def draws(*shape, fan_in):
+                w = torch.randn(*lead, *shape, generator=generator, dtype=dtype)
+                return w * (weight_scale / math.sqrt(fan_in))
 
-        def init(*shape, fan_in):
-            w = torch.randn(*shape, generator=generator, dtype=dtype) * (weight_scale / math.sqrt(fan_in))
-            return nn.Parameter(w.to(device))
-
-        self.w_in = init(n, width, dim, fan_in=dim)
-        self.b_in = init(n, width, fan_in=1)
-        self.w_out = init(n, dim, width, fan_in=width)
-        self.b_out = nn.Parameter(torch.zeros(n, dim, dtype=dtype, device=device))
+            w_in, b_in, w_out = draws(n, width, dim, fan_in=dim), draws(n, width, fan_in=1), draws(n, dim, width, fan_in=width)
+        else:  # one generator per model, drawn in the order a single field draws them
+            gens = list(generator)
+            if len(gens) != n_models:
+                raise ValueError(f"generator: {len(gens)} generators are not allowed for n_models={n_models}: "
+                                 "expected one per model")
+            parts = [KnotField(dim, width, times, weight_scale=weight_scale, generator=g, dtype=dtype) for g in gens]
+            w_in, b_in, w_out = (torch.stack([getattr(m, k).detach() for m in parts]) for k in ("w_in", "b_in", "w_out"))
+        self.w_in = nn.Parameter(w_in.to(device))
+        self.b_in = nn.Parameter(b_in.to(device))
+        self.w_out = nn.Parameter(w_out.to(device))
+        self.b_out = nn.Parameter(torch.zeros(*lead, n, dim, dtype=dtype, device=device))
+        self._axis = 0 if n_models is None else 1  # the knot axis of every weight
 
     def interval(self, t: float) -> tuple[int, float]:
         """(k, w): θ(t) = (1 − w) θ_k + w θ_{k+1}."""
@@ -95,16 +119,46 @@ class KnotField(nn.Module):
         return k, min(max((t - t0) / (t1 - t0), 0.0), 1.0)
 
     def weights(self, t) -> tuple[torch.Tensor, ...]:
-        """(B, c, A, a) at time ``t``: shapes (width, dim), (width,), (dim, width), (dim,)."""
+        """(B, c, A, a) at time ``t``: shapes (width, dim), (width,), (dim, width), (dim,), each
+        with a leading (S,) for an ensemble."""
         k, w = self.interval(float(t))
         params = (self.w_in, self.b_in, self.w_out, self.b_out)
+        ax = self._axis
         if w == 0.0:
-            return tuple(p[k] for p in params)
-        return tuple(torch.lerp(p[k], p[k + 1], w) for p in params)
+            return tuple(p.select(ax, k) for p in params)
+        return tuple(torch.lerp(p.select(ax, k), p.select(ax, k + 1), w) for p in params)
+
+    def tabulate(self, times: Sequence[float]) -> Callable[[float, torch.Tensor], torch.Tensor]:
+        """The field at a fixed set of ``times``, its weights interpolated once, in a few
+        batched operations, instead of at every call: what a ResNet's forward pass needs
+        (the same values as :meth:`forward` at those times; any other time is an error)."""
+        times = list(dict.fromkeys(float(t) for t in times))
+        k, w = zip(*(self.interval(t) for t in times))
+        k0 = torch.tensor(k, device=self.w_in.device)
+        k1 = torch.tensor([min(i + 1, len(self.knots) - 1) for i in k], device=self.w_in.device)
+        ax = self._axis
+        tables = []
+        for p in (self.w_in, self.b_in, self.w_out, self.b_out):
+            wt = torch.tensor(w, dtype=p.dtype, device=p.device).reshape((-1,) + (1,) * (p.ndim - 1 - ax))
+            tables.append(torch.lerp(p.index_select(ax, k0), p.index_select(ax, k1), wt).unbind(ax))
+        index = {t: i for i, t in enumerate(times)}
+        ensemble = self.n_models is not None
+
+        def field(t, y):
+            i = index[float(t)]
+            w_in, b_in, w_out, b_out = (tab[i] for tab in tables)
+            if ensemble:
+                hidden = torch.tanh(torch.baddbmm(b_in.unsqueeze(-2), y, w_in.mT))
+                return torch.baddbmm(b_out.unsqueeze(-2), hidden, w_out.mT)
+            return nn.functional.linear(torch.tanh(nn.functional.linear(y, w_in, b_in)), w_out, b_out)
+
+        return field
 
     def forward(self, t, y: torch.Tensor) -> torch.Tensor:
         w_in, b_in, w_out, b_out = self.weights(t)
-        return torch.tanh(y @ w_in.T + b_in) @ w_out.T + b_out
+        if self.n_models is not None:  # (S, n, dim) @ (S, dim, width); biases broadcast over n
+            b_in, b_out = b_in.unsqueeze(-2), b_out.unsqueeze(-2)
+        return torch.tanh(y @ w_in.mT + b_in) @ w_out.mT + b_out
 
 
 def layer_times(T: float, n_layers: int) -> list[float]:
@@ -126,6 +180,8 @@ def resnet_euler(field: Field, y0: torch.Tensor, T: float, n_layers: int, *,
     _positive_float("T", T)
     _positive_int("n_layers", n_layers)
     h = T / n_layers
+    if hasattr(field, "tabulate"):
+        field = field.tabulate([l * h for l in range(n_layers)])
     y, states = y0, [y0]
     for l in range(n_layers):
         y = y + h * field(l * h, y)
@@ -153,6 +209,8 @@ def resnet_rk4(field: Field, y0: torch.Tensor, T: float, n_layers: int, *, rule:
     _positive_int("n_layers", n_layers)
     h = T / n_layers
     a, bw, c = _RK4_RULES[rule], _RK4_WEIGHTS[rule], _RK4_NODES[rule]
+    if hasattr(field, "tabulate"):
+        field = field.tabulate([l * h + ci * h for l in range(n_layers) for ci in c])
     y = y0
     for l in range(n_layers):
         t = l * h
@@ -162,7 +220,7 @@ def resnet_rk4(field: Field, y0: torch.Tensor, T: float, n_layers: int, *, rule:
             for aij, kj in zip(a[i], ks):
                 if aij:
                     yi = yi + (h * aij) * kj
-            ks.append(field(t + c[i] * h, yi))
+            ks.append(field(t + c[i] * h, yi))  # the same float expression as the table's keys
         y = y + h * sum(w * k for w, k in zip(bw, ks))
     return y
 
@@ -225,22 +283,58 @@ def convergence_order(depths: Sequence[int], errors: Sequence[float], *, floor: 
 
 
 def train_field(field: KnotField, x: torch.Tensor, target: torch.Tensor, T: float, n_layers: int, *,
-                steps: int, lr: float = 1e-2, scheme: str = "euler") -> list[float]:
+                steps: int, lr: float = 1e-2, scheme: str = "euler") -> list:
     """Fit the L-block Euler (``scheme="euler"``) or RK4 (``"rk4"``) ResNet of ``field`` to
-    ``target`` (mean squared error, Adam, full batch). ``x, target: (n, dim)``.
-    Returns the loss of every step."""
+    ``target`` (mean squared error, Adam, full batch). ``x, target: (n, dim)``, or
+    ``(S, n, dim)`` for an ensemble of S fields (``n_models=S``): the S mean losses are added,
+    so each model follows its own gradient (Adam is elementwise).
+    Returns the loss of every step (a float, or a list of S floats for an ensemble)."""
     if scheme not in SCHEMES:
         raise ValueError(f"scheme={scheme!r} is not allowed: expected one of {', '.join(map(repr, SCHEMES))}")
     _positive_int("steps", steps)
+    ensemble = getattr(field, "n_models", None) is not None
     opt = torch.optim.Adam(field.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
         opt.zero_grad()
-        loss = (resnet(field, x, T, n_layers, scheme=scheme) - target).pow(2).mean()
-        loss.backward()
+        sq = (resnet(field, x, T, n_layers, scheme=scheme) - target).pow(2)
+        if ensemble:
+            per_model = sq.flatten(1).mean(1)
+            per_model.sum().backward()
+            losses.append(per_model.tolist())
+        else:
+            loss = sq.mean()
+            loss.backward()
+            losses.append(loss.item())
         opt.step()
-        losses.append(loss.item())
     return losses
+
+
+def richardson(fine: torch.Tensor, coarse: torch.Tensor, order: int) -> torch.Tensor:
+    """Richardson extrapolation of a method of order p from steps h/2 (``fine``) and h
+    (``coarse``): (2^p y_{h/2} − y_h) / (2^p − 1), which cancels the leading error term."""
+    _positive_int("order", order)
+    q = 2.0**order
+    return (q * fine - coarse) / (q - 1)
+
+
+def cauchy_differences(outputs: Sequence[torch.Tensor]) -> list[float]:
+    """RMS differences ‖y_{L_i} − y_{L_{i+1}}‖ between the outputs of successive depths.
+    For depths that double, a method of order p gives differences ∝ L^(−p) whatever its
+    limit is, so :func:`convergence_order` of these measures the order without a reference."""
+    if len(outputs) < 2:
+        raise ValueError(f"cauchy_differences needs at least two outputs, got {len(outputs)}")
+    return [rms(a, b) for a, b in zip(outputs, outputs[1:])]
+
+
+def twist(x: torch.Tensor) -> torch.Tensor:
+    """The resampling task's target map: rotate each point of the plane by the angle
+    (π/2) exp(−2|x|²), which decays with the radius. ``x: (..., 2)`` → ``(..., 2)``."""
+    if x.shape[-1] != 2:
+        raise ValueError(f"x of shape {tuple(x.shape)} is not allowed: expected points of the plane (..., 2)")
+    angle = (math.pi / 2) * torch.exp(-2 * (x**2).sum(-1, keepdim=True))
+    c, s = angle.cos(), angle.sin()
+    return torch.cat([c * x[..., :1] - s * x[..., 1:], s * x[..., :1] + c * x[..., 1:]], dim=-1)
 
 
 # ----------------------------------------------------------------------------- stable blocks
@@ -255,6 +349,9 @@ def antisymmetric(W: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 KINDS = ("plain", "antisymmetric", "hamiltonian")
+# "linear" (y ← y + h (W y + b)) is the plain block without its nonlinearity: the linear system
+# Haber & Ruthotto's eigenvalue analysis describes, which grows at the rate max Re λ(W).
+_ALL_KINDS = KINDS + ("linear",)
 
 
 class TiedResNet(nn.Module):
@@ -262,6 +359,7 @@ class TiedResNet(nn.Module):
 
     * ``plain``:          y ← y + h tanh(W y + b)
     * ``antisymmetric``:  y ← y + h tanh(K y + b), K = ½(W − Wᵀ) − γ I
+    * ``linear``:         y ← y + h (W y + b)   (the plain block's linearisation, no saturation)
     * ``hamiltonian``:    state x = (y, z); z ← z − h tanh(Wᵀ y + b); y ← y + h tanh(W z + b)
       (leapfrog / Verlet for ẏ = tanh(W z + b), ż = −tanh(Wᵀ y + b)): each half-step is a
       shear, so the map is exactly invertible and volume preserving.
@@ -273,8 +371,8 @@ class TiedResNet(nn.Module):
 
     def __init__(self, kind: str, W: torch.Tensor, b: torch.Tensor, step_size: float, *, gamma: float = 0.0):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind={kind!r} is not allowed: expected one of {', '.join(map(repr, KINDS))}")
+        if kind not in _ALL_KINDS:
+            raise ValueError(f"kind={kind!r} is not allowed: expected one of {', '.join(map(repr, _ALL_KINDS))}")
         if W.ndim not in (2, 3) or W.shape[-1] != W.shape[-2] or b.shape != W.shape[:-1]:
             raise ValueError(f"W (shape {tuple(W.shape)}) and b (shape {tuple(b.shape)}) are not allowed: "
                              "expected W (d, d) with b (d,), or W (n, d, d) with b (n, d)")
@@ -294,6 +392,8 @@ class TiedResNet(nn.Module):
     def vector_field(self, x: torch.Tensor) -> torch.Tensor:
         """The ODE right-hand side: σ(K y + b), or (σ(W z + b), −σ(Wᵀ y + b)) for hamiltonian."""
         b = self._bias()
+        if self.kind == "linear":
+            return x @ self.W.mT + b
         if self.kind != "hamiltonian":
             return torch.tanh(x @ self.K.mT + b)
         y, z = x.chunk(2, dim=-1)
@@ -302,6 +402,8 @@ class TiedResNet(nn.Module):
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One layer."""
         h, b = self.step_size, self._bias()
+        if self.kind == "linear":
+            return x + h * (x @ self.W.mT + b)
         if self.kind != "hamiltonian":
             return x + h * torch.tanh(x @ self.K.mT + b)
         y, z = x.chunk(2, dim=-1)
@@ -314,6 +416,8 @@ class TiedResNet(nn.Module):
         because ``torch.func.jvp`` costs more than the layer itself at these sizes; the tests
         compare the two)."""
         h, b = self.step_size, self._bias()
+        if self.kind == "linear":
+            return x + h * (x @ self.W.mT + b), dx + h * (dx @ self.W.mT)
         if self.kind != "hamiltonian":
             K = self.K
             s = torch.tanh(x @ K.mT + b)
@@ -354,18 +458,24 @@ def _log_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return (num.norm(dim=-1).log() - den.norm(dim=-1).log()).mean()
 
 
-def perturbation_growth(net: TiedResNet, x0: torch.Tensor, n_layers: int, v: torch.Tensor) -> list[float]:
+def perturbation_growth(net: TiedResNet, x0: torch.Tensor, n_layers: int, v: torch.Tensor, *,
+                        per_network: bool = False):
     """‖δx_l‖ / ‖δx_0‖ for l = 0 … L: an infinitesimal input perturbation ``v`` pushed
     through the layers by forward-mode differentiation (:meth:`TiedResNet.tangent_step`).
     ``x0, v``: states as :class:`TiedResNet` takes them; the growth is the geometric mean over
-    the batch (and the stack of networks)."""
+    the batch (and the stack of networks): a list of L + 1 floats. With ``per_network``, the
+    log-growth of each network of a stack instead, a tensor (L + 1, n)."""
     _positive_int("n_layers", n_layers)
-    logs, x, dx = [torch.zeros((), dtype=torch.float64, device=x0.device)], x0.detach(), v.detach()
+    x, dx = x0.detach(), v.detach()
+    ref = v.norm(dim=-1).log()
+    logs = [torch.zeros(ref.shape[:-1] if per_network else (), dtype=torch.float64, device=x0.device)]
     with torch.no_grad():
         for _ in range(n_layers):
             x, dx = net.tangent_step(x, dx)
-            logs.append(_log_ratio(dx, v).double())
-    return torch.stack(logs).exp().tolist()
+            lr = dx.norm(dim=-1).log() - ref
+            logs.append((lr.mean(-1) if per_network else lr.mean()).double())
+    out = torch.stack(logs)
+    return out if per_network else out.exp().tolist()
 
 
 def gradient_growth(net: TiedResNet, x0: torch.Tensor, depths: Sequence[int], c: torch.Tensor) -> list[float]:
@@ -377,6 +487,24 @@ def gradient_growth(net: TiedResNet, x0: torch.Tensor, depths: Sequence[int], c:
         (grad,) = torch.autograd.grad((net(x, _positive_int("depth", L)) * c).sum(), x)
         out.append(_log_ratio(grad, c))
     return torch.stack(out).exp().tolist()
+
+
+def exponential_rate(times, log_growth, *, start: float = 0.125) -> tuple[float, float]:
+    """Separate exponential from polynomial growth: least squares of
+    log g(t) = r t + p log t + c over the times t ≥ ``start`` × max t. Returns (r, p): r is the
+    exponential rate per unit time (0 for any power law t^p), p the power."""
+    import numpy as np
+
+    t = np.asarray(times, dtype=float)
+    y = np.asarray(log_growth, dtype=float)
+    if t.shape != y.shape or t.ndim != 1:
+        raise ValueError(f"times {t.shape} and log_growth {y.shape} are not allowed: expected two equal 1-d arrays")
+    keep = (t >= start * t.max()) & (t > 0) & np.isfinite(y)
+    if keep.sum() < 4:
+        raise ValueError(f"exponential_rate needs at least 4 points with t >= {start} max t, got {int(keep.sum())}")
+    A = np.stack([t[keep], np.log(t[keep]), np.ones(int(keep.sum()))], axis=1)
+    (r, p, _), *_ = np.linalg.lstsq(A, y[keep], rcond=None)
+    return float(r), float(p)
 
 
 def euler_stable_step(eigenvalues: torch.Tensor) -> float:
@@ -436,20 +564,99 @@ def measured_stable_step(net_at: Callable[[float], TiedResNet], x_star: torch.Te
     return 0.5 * (lo + hi)
 
 
+def finite_growth_rate(blocks: Sequence[torch.Tensor], b: torch.Tensor, step_size, x0: torch.Tensor, *,
+                       eps: float = 0.05, every: int = 1, skip: float = 0.0) -> torch.Tensor:
+    """Growth rate per unit time of *finite* perturbations through L layers
+    y ← y + h tanh(K_l y + b) whose weights may change from layer to layer: ``blocks[l]`` is
+    K_l, shape (n, d, d) for a stack of n networks (L = ``len(blocks)``); ``b: (n, d)``;
+    ``x0: (n, d)`` the unperturbed inputs; ``step_size`` a number or one step per network (n,).
+
+    Each network runs x0 and x0 + D with D = ε I (every basis direction at once); every
+    ``every`` layers the deviations are rescaled back to ‖D‖₂ = ε (Benettin's renormalisation
+    at a finite size ε, so the nonlinearity acts on them) and the log-factors add up. The
+    rate counts the layers after the first fraction ``skip`` of them (0: the whole network,
+    transients included), divided by their duration in time: returns (n,)."""
+    n_layers = len(blocks)
+    if n_layers < 2:
+        raise ValueError(f"blocks: {n_layers} layers are not allowed: expected at least 2")
+    _positive_int("every", every)
+    _positive_float("eps", eps)
+    if not 0.0 <= skip < 1.0:
+        raise ValueError(f"skip={skip!r} is not allowed: expected a fraction in [0, 1)")
+    if x0.ndim != 2 or b.shape != x0.shape:
+        raise ValueError(f"x0 of shape {tuple(x0.shape)} and b of shape {tuple(b.shape)} are not allowed: "
+                         "expected both (n, d)")
+    n, d = x0.shape
+    h = torch.as_tensor(step_size, dtype=x0.dtype).to(x0.device).expand(n)
+    if not bool(torch.isfinite(h).all()) or bool((h <= 0).any()):
+        raise ValueError(f"step_size={step_size!r} is not allowed: expected finite numbers > 0")
+    start = int(skip * n_layers)
+    with torch.no_grad():
+        hh = h[:, None, None]
+        x = x0.unsqueeze(-2)  # (n, 1, d): one trajectory per network
+        D = eps * torch.eye(d, dtype=x0.dtype, device=x0.device).expand(n, d, d)
+        bias = b.unsqueeze(-2)
+        total = torch.zeros(n, dtype=torch.float64, device=x0.device)
+        since = 0
+        for l in range(n_layers):
+            K = blocks[l]
+            x_next = x + hh * torch.tanh(x @ K.mT + bias)
+            xp = x + D
+            D = xp + hh * torch.tanh(xp @ K.mT + bias) - x_next
+            x, since = x_next, since + 1
+            if since == every or l == n_layers - 1 or l == start - 1:
+                factor = torch.linalg.matrix_norm(D, ord=2) / eps
+                if l >= start:
+                    total += factor.log().double()
+                D, since = D / factor[:, None, None], 0
+    return total / ((n_layers - start) * h.double())
+
+
+def frozen_stable_step(blocks) -> torch.Tensor:
+    """The step the frozen-eigenvalue criterion allows a network whose layers have the blocks
+    ``blocks`` (L, n, d, d) (or a sequence of (n, d, d)): the smallest over its layers of
+    :func:`euler_stable_step`, for each of the n networks → (n,)."""
+    K = torch.stack(list(blocks)) if not torch.is_tensor(blocks) else blocks
+    lam = torch.linalg.eigvals(K).to(torch.complex128)  # (L, n, d)
+    mag2 = lam.abs() ** 2
+    step = torch.where(mag2 > 0, -2 * lam.real / torch.where(mag2 > 0, mag2, 1.0), torch.inf)
+    unstable = ((lam.real >= 0) & (mag2 > 0)).any(-1)  # (L, n)
+    per_layer = torch.where(unstable, 0.0, step.min(-1).values)
+    return per_layer.min(0).values.double()
+
+
+def antisymmetric_stable_step(W: torch.Tensor, gamma: float) -> float:
+    """h_max of forward Euler for the antisymmetric blocks K = ½(W − Wᵀ) − γI of a stack of
+    networks ``W: (n, d, d)``: the smallest :func:`euler_stable_step` over the stack."""
+    return float(frozen_stable_step(antisymmetric(W, gamma)[None]).min())
+
+
+def euler_growth_rate(eigenvalues: torch.Tensor, step_size: float) -> float:
+    """Growth rate per unit time of forward Euler on the linear system with these
+    eigenvalues: max over λ of log|1 + hλ| / h (the linearised prediction)."""
+    h = _positive_float("step_size", step_size)
+    lam = torch.as_tensor(eigenvalues).to(torch.complex128).flatten()
+    return float((1 + h * lam).abs().log().max()) / h
+
+
 # ----------------------------------------------------------------------------- edge of chaos
 
 
 def tanh_lyapunov(weight_scale: float, *, width: int, depth: int, bias_scale: float = 0.0,
                   burn_in: int = 0, n_inputs: int = 8, generator: torch.Generator | None = None,
-                  dtype=torch.float32, device="cpu") -> float:
+                  dtype=torch.float32, device="cpu", activation: str = "tanh") -> float:
     """Largest Lyapunov exponent (per layer) of a random deep tanh network
     x_{l+1} = tanh(W_l x_l + b_l), W_l ~ N(0, σ_w²/N), b_l ~ N(0, σ_b²), fresh weights each layer.
 
     A tangent vector v is pushed through the layer Jacobians J_l = diag(1 − x_{l+1}²) W_l and
     renormalised every layer; λ = mean of log ‖J_l v‖ over the layers after ``burn_in``, and over
     ``n_inputs`` random inputs. λ > 0: nearby inputs separate (chaos); λ < 0: they merge (order).
-    The weights are drawn on ``device`` (a ``generator`` must live there too)."""
+    The weights are drawn on ``device`` (a ``generator`` must live there too).
+    ``activation="linear"``: the same random layers without tanh, x_{l+1} = W_l x_l + b_l
+    (J_l = W_l, λ = log σ_w + O(1/N)): a family whose edge sits at σ_w ≈ 1 whatever σ_b is."""
     _positive_float("weight_scale", weight_scale, allow_zero=True)
+    if activation not in ("tanh", "linear"):
+        raise ValueError(f"activation={activation!r} is not allowed: expected 'tanh' or 'linear'")
     _positive_int("width", width)
     _positive_int("depth", depth)
     _positive_int("burn_in", burn_in, lo=0)
@@ -463,8 +670,11 @@ def tanh_lyapunov(weight_scale: float, *, width: int, depth: int, bias_scale: fl
     for l in range(depth):
         W = torch.randn(width, width, generator=g, dtype=dtype, device=device) * (weight_scale / math.sqrt(width))
         b = torch.randn(width, generator=g, dtype=dtype, device=device) * bias_scale
-        x = torch.tanh(x @ W.T + b)
-        v = (1 - x * x) * (v @ W.T)
+        if activation == "tanh":
+            x = torch.tanh(x @ W.T + b)
+            v = (1 - x * x) * (v @ W.T)
+        else:  # the state itself would overflow and does not enter the Jacobian
+            v = v @ W.T
         norm = v.norm(dim=-1, keepdim=True)
         v = v / norm
         if l >= burn_in:
@@ -500,3 +710,15 @@ def critical_weight_scale(bias_scale: float = 0.0, *, lo: float = 0.5, hi: float
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
     return 0.5 * (lo + hi)
+
+
+def sign_changes(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
+    """Where ``ys`` changes sign along the increasing grid ``xs``: one x per change, located by
+    linear interpolation between the two grid points that bracket it."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"sign_changes needs two equal sequences of at least 2 points, got {len(xs)} and {len(ys)}")
+    out = []
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if (y0 < 0) != (y1 < 0):
+            out.append(float(x0 - y0 * (x1 - x0) / (y1 - y0)))
+    return out

@@ -1,6 +1,8 @@
 """dynbook.ode: ResNets as Euler/RK4 integrators (orders against exact solutions, agreement
-with torchdiffeq's fixed-grid solvers, gradients), stable blocks (antisymmetric spectrum,
-leapfrog reversibility and volume preservation), stability measurements and Lyapunov exponents."""
+with torchdiffeq's fixed-grid solvers, gradients, reference-free orders, Richardson), ensembles
+equal to separate fields, stable blocks (antisymmetric spectrum, leapfrog reversibility and
+volume preservation), growth rates per unit time, the Euler stability condition on and off the
+equilibrium, and Lyapunov exponents."""
 
 import math
 
@@ -248,6 +250,176 @@ def test_tanh_lyapunov_agrees_with_mean_field_theory():
     assert 1.0 < sc < 2.0
 
 
+# ----------------------------------------------------------------------------- reference-free orders, Richardson
+
+
+def test_richardson_cancels_the_leading_rk4_error():
+    f = LinearField(seed=33)
+    y0 = torch.randn(4, 5, generator=gen(34), dtype=F64)
+    exact = f.exact(y0, 1.5)
+    coarse, fine = ode.resnet_rk4(f, y0, 1.5, 16), ode.resnet_rk4(f, y0, 1.5, 32)
+    extrapolated = ode.richardson(fine, coarse, order=4)
+    assert ode.rms(extrapolated, exact) < 0.1 * ode.rms(fine, exact)
+    # with the wrong order the leading term is not cancelled
+    assert ode.rms(ode.richardson(fine, coarse, order=1), exact) > ode.rms(extrapolated, exact)
+
+
+def test_cauchy_differences_give_order_one_for_smooth_weights_and_one_half_for_untied():
+    T, depths = 1.0, [16, 32, 64, 128, 256, 512]
+    y0 = torch.randn(64, 3, generator=gen(35), dtype=F64)
+    smooth = ode.KnotField(3, 8, [0.0, 0.5, 1.0], generator=gen(36))
+    with torch.no_grad():
+        p_smooth, _ = ode.convergence_order(depths[:-1], ode.cauchy_differences(
+            [ode.resnet_euler(smooth, y0, T, L) for L in depths]))
+        g = gen(37)  # a textbook ResNet drawn afresh at each depth: a random walk of L steps of size h
+        p_untied, _ = ode.convergence_order(depths[:-1], ode.cauchy_differences(
+            [ode.resnet_euler(ode.KnotField(3, 8, ode.layer_times(T, L), generator=g), y0, T, L) for L in depths]))
+    assert p_smooth == pytest.approx(1.0, abs=0.05)
+    assert 0.3 < p_untied < 0.7
+    with pytest.raises(ValueError, match="two outputs"):
+        ode.cauchy_differences([y0])
+
+
+# ----------------------------------------------------------------------------- ensembles and tabulated weights
+
+
+def test_tabulated_field_equals_the_field_at_its_times():
+    f = ode.KnotField(3, 7, [0.0, 0.3, 1.0], generator=gen(38))
+    times = [0.0, 0.15, 0.3, 0.65, 1.0, 1.4]
+    tab = f.tabulate(times)
+    y = torch.randn(5, 3, generator=gen(39), dtype=F64)
+    with torch.no_grad():
+        for t in times:
+            assert torch.allclose(tab(t, y), f(t, y), rtol=0, atol=1e-15)
+    with pytest.raises(KeyError):
+        tab(0.5, y)
+
+
+def test_ensemble_equals_separate_fields_forward_and_in_training():
+    S, T, L = 3, 1.0, 6
+    gens = [gen(40 + i) for i in range(S)]
+    ens = ode.KnotField(2, 5, [0.0, 0.5, 1.0], generator=gens, n_models=S)
+    singles = [ode.KnotField(2, 5, [0.0, 0.5, 1.0], generator=gen(40 + i)) for i in range(S)]
+    for name in ("w_in", "b_in", "w_out", "b_out"):
+        assert torch.equal(getattr(ens, name).detach(), torch.stack([getattr(m, name).detach() for m in singles]))
+    x = torch.randn(S, 16, 2, generator=gen(44), dtype=F64)
+    target = ode.twist(x)
+    with torch.no_grad():
+        for scheme in ode.SCHEMES:
+            out = ode.resnet(ens, x, T, L, scheme=scheme)
+            for i, m in enumerate(singles):
+                assert torch.allclose(out[i], ode.resnet(m, x[i], T, L, scheme=scheme), rtol=0, atol=1e-14)
+    losses = ode.train_field(ens, x, target, T, L, steps=15, scheme="rk4")
+    assert len(losses) == 15 and len(losses[0]) == S
+    for i, m in enumerate(singles):
+        single_losses = ode.train_field(m, x[i], target[i], T, L, steps=15, scheme="rk4")
+        assert [row[i] for row in losses] == pytest.approx(single_losses, rel=1e-9)
+        assert torch.allclose(ens.w_in[i], m.w_in, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="generator"):
+        ode.KnotField(2, 5, [0.0], generator=gens[:2], n_models=S)
+
+
+def test_twist_rotates_by_the_radial_angle():
+    x = torch.tensor([[1e-9, 0.0], [0.6, -0.8], [2.0, 0.0]], dtype=F64)
+    y = ode.twist(x)
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1))
+    assert torch.allclose(y[0], torch.tensor([0.0, 1e-9], dtype=F64), atol=1e-15)  # π/2 at the origin
+    angle = math.atan2(float(y[2, 1]), float(y[2, 0]))
+    assert angle == pytest.approx((math.pi / 2) * math.exp(-8.0))
+    with pytest.raises(ValueError, match="plane"):
+        ode.twist(torch.zeros(3, 3))
+
+
+# ----------------------------------------------------------------------------- growth rates
+
+
+def test_exponential_rate_separates_exponential_from_power_law():
+    t = [0.1 * k for k in range(1, 2001)]
+    r, p = ode.exponential_rate(t, [0.03 * s + 1.5 * math.log(s) + 0.2 for s in t])
+    assert r == pytest.approx(0.03, abs=1e-10) and p == pytest.approx(1.5, abs=1e-8)
+    r, p = ode.exponential_rate(t, [2.0 * math.log(s) for s in t])
+    assert abs(r) < 1e-10 and p == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least 4"):
+        ode.exponential_rate([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+
+
+def test_per_network_growth_and_linear_block_rate():
+    n, d, h, L = 4, 6, 0.05, 1500
+    W = torch.randn(n, d, d, generator=gen(45), dtype=F64) / math.sqrt(d)
+    b = torch.randn(n, d, generator=gen(46), dtype=F64)
+    x0 = torch.randn(n, 3, d, generator=gen(47), dtype=F64)
+    v = torch.randn(n, 3, d, generator=gen(48), dtype=F64)
+    plain = ode.TiedResNet("plain", W, b, h)
+    per = ode.perturbation_growth(plain, x0, 20, v, per_network=True)
+    assert per.shape == (21, n)
+    assert math.log(ode.perturbation_growth(plain, x0, 20, v)[-1]) == pytest.approx(float(per[-1].mean()), rel=1e-12)
+    linear = ode.TiedResNet("linear", W, b, h)
+    with torch.no_grad():
+        ref = torch.func.jvp(linear.step, (x0,), (v,))
+    got = linear.tangent_step(x0, v)
+    assert torch.allclose(got[0], ref[0]) and torch.allclose(got[1], ref[1])
+    logs = ode.perturbation_growth(linear, x0, L, v, per_network=True)
+    t = [h * l for l in range(L + 1)]
+    for i in range(n):  # the linear block grows at max log|1 + hλ(W)| / h
+        r, _ = ode.exponential_rate(t, logs[:, i].tolist())
+        assert r == pytest.approx(ode.euler_growth_rate(torch.linalg.eigvals(W[i]), h), abs=0.02)
+
+
+def test_euler_growth_rate_and_antisymmetric_stable_step():
+    gamma, omega, h = 0.1, 2.0, 0.02
+    lam = torch.tensor([complex(-gamma, omega), complex(-gamma, -omega), complex(-1.0, 0.0)])
+    assert ode.euler_growth_rate(lam, h) == pytest.approx(0.5 * math.log((1 - h * gamma) ** 2 + (h * omega) ** 2) / h)
+    W = torch.randn(5, 7, 7, generator=gen(49), dtype=F64)
+    expected = min(ode.euler_stable_step(torch.linalg.eigvals(ode.antisymmetric(W[i], gamma))) for i in range(5))
+    assert ode.antisymmetric_stable_step(W, gamma) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frozen_stable_step_is_the_smallest_over_layers():
+    K = torch.randn(3, 2, 5, 5, generator=gen(50), dtype=F64) - 3 * torch.eye(5, dtype=F64)
+    got = ode.frozen_stable_step(K)
+    for i in range(2):
+        assert float(got[i]) == pytest.approx(min(ode.euler_stable_step(torch.linalg.eigvals(K[l, i]))
+                                                   for l in range(3)), rel=1e-12)
+    unstable = K.clone()
+    unstable[1, 0] += 10 * torch.eye(5, dtype=F64)
+    assert float(ode.frozen_stable_step(unstable)[0]) == 0.0
+
+
+def test_finite_growth_rate_frozen_criterion_holds_for_constant_blocks_and_fails_for_switching():
+    n, d, L = 3, 8, 400
+    W = torch.randn(n, d, d, generator=gen(51), dtype=F64) / math.sqrt(d)
+    zeros = torch.zeros(n, d, dtype=F64)
+    # a normal block at its equilibrium, small perturbations: the linearised rate
+    K = ode.antisymmetric(W, 0.2)
+    h_pred = ode.frozen_stable_step(K[None])
+    for frac in (0.5, 1.5):
+        rate = ode.finite_growth_rate([K] * L, zeros, frac * h_pred, zeros, eps=1e-8, skip=0.5)
+        expected = torch.tensor([ode.euler_growth_rate(torch.linalg.eigvals(K[i]), float(frac * h_pred[i]))
+                                 for i in range(n)], dtype=F64)
+        assert torch.allclose(rate, expected, atol=1e-3)
+        assert bool((rate < 0).all()) if frac < 1 else bool((rate > 0).all())
+    # K and Kᵀ alternating: every layer frozen-stable, the pair unstable when sym(K) has a positive eigenvalue
+    shift = torch.linalg.eigvals(W).real.amax(-1) + 0.05
+    K0 = W - shift[:, None, None] * torch.eye(d, dtype=F64)
+    assert bool((torch.linalg.eigvalsh(0.5 * (K0 + K0.mT)).amax(-1) > 0.1).all())
+    blocks = [K0 if l % 2 == 0 else K0.mT for l in range(L)]
+    h0 = 0.5 * ode.frozen_stable_step(blocks)
+    assert bool((ode.finite_growth_rate(blocks, zeros, h0, zeros, eps=1e-6) > 0.05).all())
+    assert bool((ode.finite_growth_rate([K0] * L, zeros, h0, zeros, eps=1e-6, skip=0.5) < 0).all())
+
+
+# ----------------------------------------------------------------------------- edge of chaos (2)
+
+
+def test_linear_lyapunov_is_log_weight_scale_and_sign_changes():
+    for s in (0.7, 1.0, 1.6):
+        lam = ode.tanh_lyapunov(s, width=256, depth=80, burn_in=10, generator=gen(52), dtype=F64,
+                                activation="linear", bias_scale=0.5)
+        assert lam == pytest.approx(math.log(s), abs=0.02)
+    assert ode.sign_changes([0.0, 1.0, 2.0, 3.0], [-1.0, 1.0, 3.0, -1.0]) == [0.5, 2.75]
+    assert ode.sign_changes([0.0, 1.0], [1.0, 2.0]) == []
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -264,6 +436,15 @@ def test_tanh_lyapunov_agrees_with_mean_field_theory():
     (lambda: ode.depth_errors(lambda t, y: y, torch.zeros(2), 1.0, [2], torch.zeros(2), scheme="rk2"), "scheme"),
     (lambda: ode.tanh_lyapunov(1.0, width=4, depth=5, burn_in=5), "burn_in"),
     (lambda: ode.layer_times(1.0, 2.5), "n_layers"),
+    (lambda: ode.tanh_lyapunov(1.0, width=4, depth=5, activation="relu"), "activation"),
+    (lambda: ode.finite_growth_rate([torch.eye(2)[None]] * 4, torch.zeros(1, 2), 0.1, torch.zeros(1, 2), skip=1.0),
+     "skip"),
+    (lambda: ode.finite_growth_rate([torch.eye(2)[None]] * 4, torch.zeros(1, 2), -0.1, torch.zeros(1, 2)),
+     "step_size"),
+    (lambda: ode.finite_growth_rate([torch.eye(2)[None]] * 4, torch.zeros(2), 0.1, torch.zeros(2)), "x0"),
+    (lambda: ode.richardson(torch.zeros(2), torch.zeros(2), order=0), "order"),
+    (lambda: ode.euler_growth_rate(torch.tensor([-1.0]), 0.0), "step_size"),
+    (lambda: ode.KnotField(2, 3, [0.0], n_models=0), "n_models"),
 ])
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ValueError, match=name) as info:
