@@ -75,6 +75,7 @@ def _entry(rank, world_size, port, backend, init_timeout, parent_pid, fn, args, 
 
 
 def _shutdown(procs, grace: float = 2.0) -> None:
+    procs = [p for p in procs if p.pid is not None]  # a start that failed left nothing to stop
     for p in procs:
         if p.is_alive():
             p.terminate()

@@ -224,8 +224,9 @@ def delayed_sgd(problem: StreamingRegression, step_sizes, delays, n_steps: int, 
     before the other ``W - 1`` workers' updates landed. ``exact_gradient`` uses ``Σ (w - w*)``.
 
     Returns ``final`` (C,) mean excess risk over the last tenth of the steps and the seeds
-    (``nan`` once a run exceeded ``blowup`` × its start: diverged), ``curve`` (records, C),
-    ``steps`` (records,), ``diverged`` (C,) bool.
+    (``nan`` once a run exceeded ``blowup`` × its start: diverged), ``final_per_seed`` (S, C)
+    the same before the mean over seeds, ``curve`` (records, C), ``steps`` (records,),
+    ``diverged`` (C,) bool.
     """
     eta = torch.as_tensor(step_sizes, dtype=torch.float64)
     tau = torch.as_tensor(delays, dtype=torch.long)
@@ -246,20 +247,21 @@ def delayed_sgd(problem: StreamingRegression, step_sizes, delays, n_steps: int, 
     excess0 = 0.5 * (lam * w_star ** 2).sum()
     alive = torch.ones(C, dtype=torch.bool)
     tail_start = n_steps - max(1, n_steps // 10)
-    tail = torch.zeros(C, dtype=torch.float64)
+    tail = torch.zeros(S, C, dtype=torch.float64)
     record_at = set(torch.linspace(0, n_steps, n_records).round().long().tolist())
     curve, steps = [], []
     chunk = 256  # draw samples for many steps at once: the loop is overhead-bound
     for t in range(n_steps + 1):
         if t in record_at or t >= tail_start:
             err = w - w_star
-            excess = 0.5 * (lam * err ** 2).sum(-1).mean(0)  # (C,)
+            per_seed = 0.5 * (lam * err ** 2).sum(-1)  # (S, C)
+            excess = per_seed.mean(0)  # (C,)
             alive &= torch.isfinite(excess) & (excess < blowup * excess0)
             if t in record_at:
                 curve.append(torch.where(alive, excess, torch.nan))
                 steps.append(t)
             if tail_start <= t < n_steps:
-                tail += torch.where(alive, excess, 0.0)
+                tail += torch.where(alive, per_seed, 0.0)
         if t == n_steps:
             break
         history[t % depth] = w
@@ -275,9 +277,61 @@ def delayed_sgd(problem: StreamingRegression, step_sizes, delays, n_steps: int, 
             grad = torch.einsum("sbd,scb->scd", x, resid) / batch_size
         # a diverged run is frozen (its nan/inf must not leak into the update)
         w = torch.where(alive[None, :, None], w - eta[None, :, None] * grad, w)
-    final = torch.where(alive, tail / (n_steps - tail_start), torch.nan)
-    return {"final": final, "curve": torch.stack(curve), "steps": torch.tensor(steps),
-            "diverged": ~alive}
+    per_seed = torch.where(alive, tail / (n_steps - tail_start), torch.nan)
+    return {"final": per_seed.mean(0), "final_per_seed": per_seed, "curve": torch.stack(curve),
+            "steps": torch.tensor(steps), "diverged": ~alive}
+
+
+def _largest_tolerated(workers, final: torch.Tensor, rel_tol: float) -> int:
+    ok = torch.nan_to_num(final, nan=math.inf) <= (1 + rel_tol) * final[0]
+    best = 1
+    for w, good in zip(workers, ok.tolist()):
+        if not good:
+            break
+        best = w
+    return best
+
+
+def crossing_workers(workers, final: torch.Tensor, rel_tol: float) -> float:
+    """The number of workers at which the final excess risk first reaches ``(1 + rel_tol)``
+    × that of ``W = 1``, interpolated linearly in ``log W`` between the grid points around the
+    first crossing (a diverged run counts as a crossing at its grid point's left neighbour).
+    A continuous version of :func:`tolerated_workers`'s ``W_max``; the last grid point if no
+    ``W`` on the grid crosses."""
+    workers = [float(w) for w in workers]
+    ratio = (torch.nan_to_num(final, nan=math.inf) / final[0]).tolist()
+    target = 1 + rel_tol
+    for i in range(1, len(workers)):
+        if ratio[i] > target:
+            if not math.isfinite(ratio[i]):
+                return workers[i - 1]
+            lo, hi = math.log(workers[i - 1]), math.log(workers[i])
+            frac = (target - ratio[i - 1]) / (ratio[i] - ratio[i - 1])
+            return math.exp(lo + min(max(frac, 0.0), 1.0) * (hi - lo))
+    return workers[-1]
+
+
+def tolerated_workers_by_group(problem: StreamingRegression, n_steps: int, workers, step_sizes, *,
+                               n_groups: int = 3, seeds_per_group: int = 8, rel_tol: float = 0.1,
+                               seed: int = 0, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tolerated_workers` for several step sizes at once, repeated on ``n_groups``
+    independent groups of ``seeds_per_group`` seeds (one simulation; the groups give the
+    spread). Returns the crossing number of workers (:func:`crossing_workers`) of shape
+    ``(len(step_sizes), n_groups)`` and the groups' final excess risk
+    ``(len(step_sizes), n_groups, len(workers))``."""
+    workers = list(workers)
+    if workers[0] != 1 or sorted(workers) != workers:
+        raise ValueError(f"workers={workers!r} is not allowed: expected an increasing list starting at 1")
+    if n_groups < 1 or seeds_per_group < 1:
+        raise ValueError(f"n_groups={n_groups!r}, seeds_per_group={seeds_per_group!r} are not allowed: expected >= 1")
+    etas = [float(e) for e in step_sizes]
+    out = delayed_sgd(problem, [e for e in etas for _ in workers], [w - 1 for _ in etas for w in workers],
+                      n_steps, n_seeds=n_groups * seeds_per_group, seed=seed, **kwargs)
+    per_seed = out["final_per_seed"].view(n_groups, seeds_per_group, len(etas), len(workers))
+    final = per_seed.mean(1).permute(1, 0, 2)  # (etas, groups, workers)
+    w_max = torch.tensor([[crossing_workers(workers, final[e, g], rel_tol) for g in range(n_groups)]
+                          for e in range(len(etas))], dtype=torch.float64)
+    return w_max, final
 
 
 def tolerated_workers(problem: StreamingRegression, n_steps: int, workers, step_size: float, *,
@@ -291,13 +345,7 @@ def tolerated_workers(problem: StreamingRegression, n_steps: int, workers, step_
         raise ValueError(f"workers={workers!r} is not allowed: expected an increasing list starting at 1")
     out = delayed_sgd(problem, [step_size] * len(workers), [w - 1 for w in workers], n_steps, **kwargs)
     final = out["final"]
-    ok = torch.nan_to_num(final, nan=math.inf) <= (1 + rel_tol) * final[0]
-    best = 1
-    for w, good in zip(workers, ok.tolist()):
-        if not good:
-            break
-        best = w
-    return best, final
+    return _largest_tolerated(workers, final, rel_tol), final
 
 
 def measured_stability_limits(delays, grid, *, n_steps: int = 3000) -> torch.Tensor:

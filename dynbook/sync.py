@@ -9,21 +9,33 @@ tensor) is trained by ``P`` worker processes in three regimes:
 * ``local``   – every worker takes ``period`` (H) SGD steps on its own shard, then the
   parameters are averaged by an all-reduce (local SGD / periodic averaging);
 * ``hogwild`` – every worker reads and writes one shared-memory ``theta`` without locks
-  (Recht et al. 2011); no collective at all while training.
+  (Recht et al. 2011); no collective at all while training. The workers share one budget of
+  updates (``P × n_steps``): a fast worker takes more of them than a slow one;
+* ``alone``   – every worker trains on its own shard and never communicates; the result is
+  rank 0's model (the limit of local SGD with no averaging at all).
 
-Each collective is instrumented (:class:`Collectives`): the call count (``sync_count``), the
-bytes handed to it, the time spent waiting for the slowest peer (a barrier just before the
-all-reduce) and the time in the all-reduce itself. A ring all-reduce moves about
-``2 (P - 1) / P`` times the tensor's bytes in and out of each worker; the counted figure is the
-tensor's bytes (:func:`ring_bytes` converts).
+Instrumentation (:class:`Collectives`) adds no collective of its own: every worker stamps the
+moment it *arrives* at each all-reduce and the moment it *leaves* it, on the host's monotonic
+clock (``time.perf_counter``, shared by all processes of one Linux host). Afterwards
+(:class:`RunResult`) the waiting is inferred from the arrival stamps: a worker that arrives at
+``a_p`` waits ``max_q a_q − a_p`` for the last peer, and the all-reduce proper lasts from the
+last arrival to the departure. A ring all-reduce moves about ``2 (P - 1) / P`` times the
+tensor's bytes in and out of each worker; the counted figure is the tensor's bytes
+(:func:`ring_bytes` converts); :func:`fit_alpha_beta` fits the latency–bandwidth model
+``t = α + β s`` to all-reduce times against bytes.
 
-Processes: :func:`dynbook.processes.launch` spawns the workers (start method ``spawn``: safe inside a Jupyter
-kernel, so worker functions live in this module), rendezvous through a TCP store that the
-parent hosts on a free localhost port, with timeouts on the rendezvous and every collective;
-the parent collects results from a queue under a deadline and, in a ``finally`` block,
-terminates and then kills whatever is still alive. Workers also exit when their parent dies.
+Delays are injected (:class:`Regime`): a *persistent* slow worker sleeps a constant time in
+every step, and *jitter* makes every worker sleep ``jitter_delay`` with probability
+``jitter_prob`` in each step, independently (its own random stream). The slept time is
+measured, so :attr:`RunResult.idle_per_delay` can say how much of it a regime turned into
+idle time across the workers.
 
-Across machines the same worker code runs under ``torchrun`` (see :func:`main`)::
+Processes: :func:`dynbook.processes.launch` spawns the workers (start method ``spawn``: safe
+inside a Jupyter kernel, so worker functions live in this module), rendezvous through a TCP
+store that the parent hosts on a free localhost port, with timeouts on the rendezvous and every
+collective; all regimes of :func:`run_jobs` share one launch. Across machines the same worker
+code runs under ``torchrun`` (see :func:`main`; the waiting inference then needs synchronised
+clocks, which separate hosts do not have)::
 
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d \\
              --rdzv-endpoint HOST:29500 -m dynbook.sync --regime local --period 8
@@ -34,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -44,7 +57,8 @@ import torch
 
 from .processes import BACKENDS, check_positive, launch, resolve_backend
 
-REGIMES = ("sync", "local", "hogwild")
+REGIMES = ("sync", "local", "hogwild", "alone")
+SHARDINGS = ("iid", "sorted")
 
 
 # ----------------------------------------------------------------------------- the problem
@@ -56,7 +70,13 @@ class Problem:
     ``f(theta, x) = tanh(x W1^T + b1) w2 + b2``, ``x: (n, d)``, hidden width ``h``.
 
     ``theta`` packs ``W1 (h, d), b1 (h), w2 (h), b2 ()`` into one vector of ``n_params``.
-    The loss is ``0.5 * mean((f - y)^2)``; its floor is about ``noise^2 / 2``.
+    The loss is ``0.5 * mean((f - y)^2)``; on fresh data (:meth:`test_data`) its floor is
+    ``noise^2 / 2`` (:attr:`noise_floor`). The teacher has ``teacher_hidden`` units (the
+    student's width by default) with weights scaled by ``teacher_scale`` (larger: less linear).
+    ``sharding`` says how the samples are split among workers: ``"iid"`` interleaved (every
+    shard looks like the whole), ``"sorted"`` contiguous blocks of the samples sorted along
+    the teacher's dominant hidden unit (:meth:`teacher_field`): heterogeneous shards, each
+    worker sees one side of the teacher's nonlinearity and never the other.
     """
 
     n_features: int = 16
@@ -64,19 +84,32 @@ class Problem:
     n_samples: int = 4096
     noise: float = 0.1
     seed: int = 0
+    teacher_hidden: int | None = None
+    teacher_scale: float = 2.0
+    sharding: str = "iid"
 
     def __post_init__(self):
         for name in ("n_features", "hidden", "n_samples"):
             check_positive(name, getattr(self, name))
         check_positive("noise", self.noise, allow_zero=True)
+        check_positive("teacher_scale", self.teacher_scale)
+        if self.teacher_hidden is not None:
+            check_positive("teacher_hidden", self.teacher_hidden)
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"sharding={self.sharding!r} is not allowed: expected one of {SHARDINGS}")
 
     @property
     def n_params(self) -> int:
         return self.hidden * self.n_features + 2 * self.hidden + 1
 
-    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def noise_floor(self) -> float:
+        """Expected loss of the teacher itself on fresh data: ``noise² / 2``."""
+        return 0.5 * self.noise ** 2
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor, hidden: int | None = None) -> torch.Tensor:
         """``theta: (n_params,)``, ``x: (n, d)`` → ``(n,)``."""
-        h, d = self.hidden, self.n_features
+        h, d = hidden or self.hidden, self.n_features
         w1 = theta[: h * d].view(h, d)
         b1 = theta[h * d: h * d + h]
         w2 = theta[h * d + h: h * d + 2 * h]
@@ -85,21 +118,51 @@ class Problem:
     def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 0.5 * (self.forward(theta, x) - y).pow(2).mean()
 
-    def _random_theta(self, gen: torch.Generator, dtype) -> torch.Tensor:
-        h, d = self.hidden, self.n_features
+    def _random_theta(self, gen: torch.Generator, dtype, hidden: int | None = None) -> torch.Tensor:
+        h, d = hidden or self.hidden, self.n_features
         return torch.cat([torch.randn(h * d, generator=gen, dtype=dtype) / d ** 0.5,
                           torch.zeros(h, dtype=dtype),
                           torch.randn(h, generator=gen, dtype=dtype) / h ** 0.5,
                           torch.zeros(1, dtype=dtype)])
 
-    def data(self, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole data set ``(x: (n_samples, d), y: (n_samples,))``, same in every process."""
+    def teacher(self) -> tuple[torch.Tensor, int]:
+        """The teacher's parameters (float64, packed like ``theta``) and its hidden width."""
+        th = self.teacher_hidden or self.hidden
         gen = torch.Generator().manual_seed(_derive_seed(self.seed, 0))
-        teacher = self._random_theta(gen, torch.float64) * 2.0  # a teacher that is not linear
-        x = torch.randn(self.n_samples, self.n_features, generator=gen, dtype=torch.float64)
-        y = self.forward(teacher, x) + self.noise * torch.randn(self.n_samples, generator=gen,
-                                                                dtype=torch.float64)
+        return self._random_theta(gen, torch.float64, th) * self.teacher_scale, th
+
+    def _samples(self, stream: int, n: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher, th = self.teacher()
+        gen = torch.Generator().manual_seed(_derive_seed(self.seed, stream))
+        x = torch.randn(n, self.n_features, generator=gen, dtype=torch.float64)
+        y = self.forward(teacher, x, th) + self.noise * torch.randn(n, generator=gen, dtype=torch.float64)
         return x.to(dtype), y.to(dtype)
+
+    def teacher_field(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-activation ``w_j · x`` of the teacher's dominant hidden unit ``j`` (largest
+        ``|w2_j| ‖W1_j‖``) at ``x: (n, d)``: the direction along which ``sorted`` sharding
+        splits the samples, so that each worker sees one side of that unit's tanh."""
+        teacher, th = self.teacher()
+        d = self.n_features
+        w1, w2 = teacher[: th * d].view(th, d), teacher[th * d + th: th * d + 2 * th]
+        j = int(torch.argmax(w2.abs() * w1.norm(dim=1)))
+        return x.to(torch.float64) @ w1[j]
+
+    def data(self, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training set ``(x: (n_samples, d), y: (n_samples,))``, same in every process."""
+        return self._samples(4, self.n_samples, dtype)
+
+    def test_data(self, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh samples of the same teacher (``n_samples`` of them), never trained on."""
+        return self._samples(5, self.n_samples, dtype)
+
+    def test_floor(self) -> float:
+        """The teacher's own loss on :meth:`test_data` (the noise it cannot predict): the
+        floor that no student can beat on that test set, in expectation :attr:`noise_floor`."""
+        gen = torch.Generator().manual_seed(_derive_seed(self.seed, 5))
+        torch.randn(self.n_samples, self.n_features, generator=gen, dtype=torch.float64)
+        eps = torch.randn(self.n_samples, generator=gen, dtype=torch.float64)
+        return float(0.5 * (self.noise * eps).pow(2).mean())
 
     def init(self, dtype=torch.float32) -> torch.Tensor:
         """The initial ``theta`` (the same on every worker)."""
@@ -129,13 +192,19 @@ class Training:
 
 @dataclass(frozen=True)
 class Regime:
-    """How workers coordinate. ``period`` is H for ``local`` (1 for the others); a
-    ``straggler_rank`` sleeps ``straggler_delay`` seconds in every step (an injected slow worker)."""
+    """How workers coordinate, and the delays injected into them.
+
+    ``period`` is H for ``local`` (1 for the others). A ``straggler_rank`` sleeps
+    ``straggler_delay`` seconds in every step (a persistently slow worker); with
+    ``jitter_prob > 0`` every worker sleeps ``jitter_delay`` seconds with that probability in
+    each step, drawn independently per worker and step (delays that move between workers)."""
 
     kind: str = "sync"
     period: int = 1
     straggler_rank: int | None = None
     straggler_delay: float = 0.0
+    jitter_prob: float = 0.0
+    jitter_delay: float = 0.0
 
     def __post_init__(self):
         if self.kind not in REGIMES:
@@ -144,17 +213,45 @@ class Regime:
         if self.kind != "local" and self.period != 1:
             raise ValueError(f"period={self.period!r} is not allowed for kind={self.kind!r}: expected 1")
         check_positive("straggler_delay", self.straggler_delay, allow_zero=True)
+        check_positive("jitter_delay", self.jitter_delay, allow_zero=True)
+        if not 0 <= self.jitter_prob <= 1:
+            raise ValueError(f"jitter_prob={self.jitter_prob!r} is not allowed: expected in [0, 1]")
+
+    @property
+    def slowed(self) -> bool:
+        return self.straggler_delay > 0 and self.straggler_rank is not None
+
+    @property
+    def jittered(self) -> bool:
+        return self.jitter_prob > 0 and self.jitter_delay > 0
 
     @property
     def name(self) -> str:
         base = f"local_h{self.period}" if self.kind == "local" else self.kind
-        return base + ("_straggler" if self.straggler_delay > 0 and self.straggler_rank is not None else "")
+        return base + ("_straggler" if self.slowed else "") + ("_jitter" if self.jittered else "")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: ``problem`` trained with ``training`` under ``regime``; ``seed`` sets
+    the mini-batch and delay streams (the problem's own seed sets data, teacher and init)."""
+
+    problem: Problem
+    training: Training
+    regime: Regime
+    seed: int = 0
 
 
 def batch_indices(problem: Problem, rank: int, world_size: int, seed: int):
-    """Generator of this rank's mini-batch indices into the full data set: rank ``r`` owns the
-    samples ``r, r + P, r + 2P, ...`` and draws with replacement from its own stream."""
-    shard = torch.arange(rank, problem.n_samples, world_size)
+    """Generator of this rank's mini-batch indices into the training set, drawn with
+    replacement from the rank's own shard and its own stream. ``iid`` sharding: rank ``r``
+    owns samples ``r, r + P, r + 2P, ...``; ``sorted``: the ``r``-th contiguous block of the
+    samples ordered along the teacher's dominant hidden unit."""
+    if problem.sharding == "iid":
+        shard = torch.arange(rank, problem.n_samples, world_size)
+    else:
+        order = torch.argsort(problem.teacher_field(problem.data(torch.float64)[0]))
+        shard = order.tensor_split(world_size)[rank]
     gen = torch.Generator().manual_seed(_derive_seed(seed, 2, rank))
 
     def draw(batch_size: int) -> torch.Tensor:
@@ -168,47 +265,76 @@ def ring_bytes(tensor_bytes: float, world_size: int) -> float:
     return 2 * (world_size - 1) / world_size * tensor_bytes
 
 
+def fit_alpha_beta(nbytes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+    """Least-squares fit of the latency–bandwidth model ``t = α + β s`` (``s`` in bytes).
+    Returns ``(α seconds, β seconds per byte)``; needs at least two distinct sizes."""
+    s = np.asarray(nbytes, dtype=np.float64)
+    t = np.asarray(seconds, dtype=np.float64)
+    if s.shape != t.shape or s.ndim != 1 or len(np.unique(s)) < 2:
+        raise ValueError(f"fit_alpha_beta: need equal-length 1-D sizes and times with ≥ 2 distinct sizes, "
+                         f"got {s.tolist()} and {t.tolist()}")
+    beta, alpha = np.polyfit(s, t, 1)
+    return float(alpha), float(beta)
+
+
 # ----------------------------------------------------------------------------- instrumentation
 
 
 class Collectives:
-    """Averaging all-reduce that counts what synchronization costs on this worker.
+    """Averaging all-reduce that stamps, on this worker, when it arrives at each collective
+    and when it leaves (``arrivals``, ``departures``: host monotonic seconds), and counts the
+    calls (``sync_count``) and the tensor bytes handed over. It adds no collective of its own:
+    the waiting for the slowest peer is inferred afterwards from all workers' arrival stamps
+    (:class:`RunResult`)."""
 
-    ``wait_s`` is the time spent in a barrier just before each all-reduce (waiting for the
-    slowest peer), ``transfer_s`` the time in the all-reduce after everyone has arrived.
-    """
-
-    def __init__(self, world_size: int, device: torch.device, *, split_wait: bool = True):
-        self.world_size, self.device, self.split_wait = world_size, device, split_wait
+    def __init__(self, world_size: int, device: torch.device):
+        self.world_size, self.device = world_size, device
         self.sync_count = 0
         self.bytes = 0
-        self.wait_s = 0.0
-        self.transfer_s = 0.0
+        self.arrivals: list[float] = []
+        self.departures: list[float] = []
 
     def _sync_device(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @property
+    def collective_s(self) -> float:
+        """Seconds this worker spent inside collectives (waiting and transferring)."""
+        return float(sum(d - a for a, d in zip(self.arrivals, self.departures)))
+
     def average_(self, tensor: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
         self._sync_device()
-        t0 = time.perf_counter()
-        if self.split_wait:
-            if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index])
-            else:
-                dist.barrier()
-        t1 = time.perf_counter()
+        arrive = time.perf_counter()
         dist.all_reduce(tensor)  # SUM: ReduceOp.AVG exists for NCCL only
         tensor.div_(self.world_size)
         self._sync_device()
-        t2 = time.perf_counter()
+        self.departures.append(time.perf_counter())
+        self.arrivals.append(arrive)
         self.sync_count += 1
         self.bytes += tensor.numel() * tensor.element_size()
-        self.wait_s += t1 - t0
-        self.transfer_s += t2 - t1
         return tensor
+
+
+class _Delays:
+    """The sleeps a regime injects into one worker; ``total_s`` is the time actually slept."""
+
+    def __init__(self, regime: Regime, rank: int, seed: int):
+        self.constant = regime.straggler_delay if regime.slowed and regime.straggler_rank == rank else 0.0
+        self.regime = regime
+        self.rng = random.Random(_derive_seed(seed, 3, rank)) if regime.jittered else None
+        self.total_s = 0.0
+
+    def __call__(self) -> None:
+        d = self.constant
+        if self.rng is not None and self.rng.random() < self.regime.jitter_prob:
+            d += self.regime.jitter_delay
+        if d > 0:
+            t = time.perf_counter()
+            time.sleep(d)
+            self.total_s += time.perf_counter() - t
 
 
 def _energy_meter(device: torch.device):
@@ -230,12 +356,21 @@ def _sgd_step(problem, theta, x, y, idx):
     return grad
 
 
+def _test_loss(problem: Problem, theta: torch.Tensor) -> float:
+    xt, yt = problem.test_data()
+    with torch.no_grad():
+        return float(problem.loss(theta.detach().cpu().float(), xt, yt))
+
+
 def run_regime(rank: int, world_size: int, problem: Problem, training: Training, regime: Regime,
                device: torch.device, *, seed: int = 0, meter_energy: bool = True) -> dict:
     """Train with ``sync`` or ``local`` on this rank inside an initialised process group.
 
-    Returns this rank's counters; rank 0 also returns the loss log ``[(step, seconds, loss)]``
-    (seconds exclude loss evaluation) and the final ``theta``.
+    Returns this rank's counters: ``start_t``/``end_t`` (host monotonic seconds around the
+    training loop), ``eval_s`` (loss evaluation inside it), ``compute_s`` (gradients),
+    ``delay_s`` (injected sleep), the collectives' ``arrivals``/``departures``; rank 0 also
+    returns the loss log ``[(step, seconds, loss)]`` (seconds exclude loss evaluation), the
+    final ``theta`` and the ``test_loss`` on fresh data.
     """
     import torch.distributed as dist
 
@@ -245,7 +380,7 @@ def run_regime(rank: int, world_size: int, problem: Problem, training: Training,
     theta = problem.init().to(device)
     draw = batch_indices(problem, rank, world_size, seed)
     comm = Collectives(world_size, device)
-    slow = regime.straggler_rank == rank and regime.straggler_delay > 0
+    delays = _Delays(regime, rank, seed)
     meter = _energy_meter(device) if meter_energy and (rank == 0 or device.type == "cuda") else None
     log, compute_s, eval_s = [], 0.0, 0.0
 
@@ -267,88 +402,103 @@ def run_regime(rank: int, world_size: int, problem: Problem, training: Training,
     for step in range(1, training.n_steps + 1):
         tc = time.perf_counter()
         grad = _sgd_step(problem, theta, x, y, draw(training.batch_size).to(device))
-        if slow:
-            time.sleep(regime.straggler_delay)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compute_s += time.perf_counter() - tc
+        delays()
+        eta = training.step_size
         if regime.kind == "sync":
-            theta.sub_(training.step_size * comm.average_(grad))
+            theta.sub_(eta * comm.average_(grad))
+            synced = True
+        elif regime.kind == "alone":
+            theta.sub_(eta * grad)
             synced = True
         else:
-            theta.sub_(training.step_size * grad)
+            theta.sub_(eta * grad)
             synced = step % regime.period == 0 or step == training.n_steps
             if synced:
                 comm.average_(theta)
         if synced and (step % training.log_every == 0 or step == training.n_steps
                        or (regime.kind == "local" and regime.period >= training.log_every)):
             evaluate(step)
-    wall = time.perf_counter() - t0 - eval_s
+    end = time.perf_counter()
     joules = None
     if meter is not None:
         meter.__exit__(None, None, None)
         joules = meter.reading.joules
         meter.close()
     out = {"rank": rank, "regime": regime.name, "kind": regime.kind, "period": regime.period,
-           "steps": training.n_steps, "wall_s": wall, "compute_s": compute_s,
-           "wait_s": comm.wait_s, "transfer_s": comm.transfer_s, "sync_count": comm.sync_count,
-           "bytes": comm.bytes, "joules": joules, "straggler": slow,
+           "steps": training.n_steps, "start_t": t0, "end_t": end, "eval_s": eval_s,
+           "compute_s": compute_s, "delay_s": delays.total_s, "arrivals": comm.arrivals,
+           "departures": comm.departures, "sync_count": comm.sync_count, "bytes": comm.bytes,
+           "joules": joules, "straggler": delays.constant > 0,
            "energy_reason": "" if meter is None else meter.reason}
     if rank == 0:
         out["log"] = log
         out["final_loss"] = log[-1][2]
         out["theta"] = theta.cpu().numpy()
+        out["test_loss"] = _test_loss(problem, theta)
     return out
 
 
-def _suite_worker(rank, world_size, problem, training, regimes, device_kind, seed):
-    device = torch.device("cuda", rank) if device_kind == "cuda" else torch.device("cpu")
-    return [run_regime(rank, world_size, problem, training, r, device, seed=seed) for r in regimes]
-
-
-def _hogwild_worker(rank, world_size, problem, training, regimes, shared_thetas, seed):
-    """Lock-free SGD on each shared-memory ``theta`` in turn (one per regime). The process
-    group serves only for a start and an end barrier around each run, outside the clock."""
+def _hogwild_run(rank, world_size, job: Job, theta: torch.Tensor, budget) -> dict:
+    """Lock-free SGD on the shared-memory ``theta`` until the shared ``budget`` of updates is
+    spent (only the ticket counter is locked, never ``theta``). The process group serves only
+    for a start and an end barrier, outside the clock."""
     import torch.distributed as dist
 
+    problem, training, regime = job.problem, job.training, job.regime
     x, y = problem.data()
     # P workers each apply their own gradient: η/P makes one round of P updates move like one
     # synchronous step (which applies the average of P gradients with η)
     step_size = training.step_size / world_size
+    draw = batch_indices(problem, rank, world_size, job.seed)
+    delays = _Delays(regime, rank, job.seed)
     meter = _energy_meter(torch.device("cpu")) if rank == 0 else None
-    outs = []
-    for regime, theta in zip(regimes, shared_thetas):
-        draw = batch_indices(problem, rank, world_size, seed)
-        slow = regime.straggler_rank == rank and regime.straggler_delay > 0
-        snapshots, compute_s = [(0, 0.0, theta.clone())], 0.0  # before anyone has moved it
-        dist.barrier()
-        if meter is not None:
-            meter.__enter__()
-        t0 = time.perf_counter()
-        for step in range(1, training.n_steps + 1):
-            tc = time.perf_counter()
-            grad = _sgd_step(problem, theta, x, y, draw(training.batch_size))
-            if slow:
-                time.sleep(regime.straggler_delay)
-            theta.sub_(step_size * grad)  # no lock: the other workers read and write meanwhile
-            compute_s += time.perf_counter() - tc
-            if rank == 0 and (step % training.log_every == 0 or step == training.n_steps):
-                snapshots.append((step, time.perf_counter() - t0, theta.clone()))
-        wall = time.perf_counter() - t0
-        dist.barrier()  # rank 0's energy reading covers the run until the last worker is done
-        joules = None
-        if meter is not None:
-            meter.__exit__(None, None, None)
-            joules = meter.reading.joules
-        out = {"rank": rank, "regime": regime.name, "kind": "hogwild", "period": 1,
-               "steps": training.n_steps, "wall_s": wall, "compute_s": compute_s, "wait_s": 0.0,
-               "transfer_s": 0.0, "sync_count": 0, "bytes": 0, "joules": joules, "straggler": slow,
-               "energy_reason": "" if meter is None else meter.reason}
-        if rank == 0:
-            out["snapshots"] = [(s, t, th.numpy()) for s, t, th in snapshots]
-        outs.append(out)
+    snapshots, compute_s, steps = [(0, 0.0, theta.clone())], 0.0, 0  # before anyone has moved it
+    dist.barrier()
     if meter is not None:
+        meter.__enter__()
+    t0 = time.perf_counter()
+    while True:
+        with budget.get_lock():
+            if budget.value <= 0:
+                break
+            budget.value -= 1
+        steps += 1
+        tc = time.perf_counter()
+        grad = _sgd_step(problem, theta, x, y, draw(training.batch_size))
+        compute_s += time.perf_counter() - tc
+        delays()
+        theta.sub_(step_size * grad)  # no lock: the other workers read and write meanwhile
+        if rank == 0 and steps % training.log_every == 0:
+            snapshots.append((steps, time.perf_counter() - t0, theta.clone()))
+    end = time.perf_counter()
+    dist.barrier()  # rank 0's energy reading covers the run until the last worker is done
+    joules = None
+    if meter is not None:
+        meter.__exit__(None, None, None)
+        joules = meter.reading.joules
         meter.close()
+    out = {"rank": rank, "regime": regime.name, "kind": "hogwild", "period": 1, "steps": steps,
+           "start_t": t0, "end_t": end, "eval_s": 0.0, "compute_s": compute_s,
+           "delay_s": delays.total_s, "arrivals": [], "departures": [], "sync_count": 0, "bytes": 0,
+           "joules": joules, "straggler": delays.constant > 0,
+           "energy_reason": "" if meter is None else meter.reason}
+    if rank == 0:
+        out["snapshots"] = [(s, t, th.numpy()) for s, t, th in snapshots]
+    return out
+
+
+def _suite_worker(rank, world_size, jobs, shared, device_kind):
+    device = torch.device("cuda", rank) if device_kind == "cuda" else torch.device("cpu")
+    outs = []
+    for job, sh in zip(jobs, shared):
+        if job.regime.kind == "hogwild":
+            outs.append(_hogwild_run(rank, world_size, job, *sh))
+        else:
+            outs.append(run_regime(rank, world_size, job.problem, job.training, job.regime, device,
+                                   seed=job.seed))
     return outs
 
 
@@ -357,21 +507,42 @@ def _hogwild_worker(rank, world_size, problem, training, regimes, shared_thetas,
 
 @dataclass
 class RunResult:
-    """One regime's run: per-rank counters, the loss log (rank 0) and the final ``theta``."""
+    """One regime's run: per-rank counters, the loss log (rank 0) and the final ``theta``.
+
+    Times come from per-rank stamps on the host's monotonic clock: the run lasts from the
+    first worker's start to the last worker's end (:attr:`wall_s`), and the waiting at each
+    collective is inferred from when the workers arrived at it (:meth:`waits`)."""
 
     regime: Regime
     world_size: int
     ranks: list = field(default_factory=list)
     log: list = field(default_factory=list)  # [(step per worker, seconds, loss)]
     theta: np.ndarray | None = None
+    job: Job | None = None
 
     @property
     def final_loss(self) -> float:
         return self.log[-1][2]
 
     @property
+    def test_loss(self) -> float | None:
+        return self.ranks[0].get("test_loss")
+
+    @property
+    def excess_test_loss(self) -> float:
+        """Test loss above the teacher's own loss on the same samples (:meth:`Problem.test_floor`)."""
+        return self.test_loss - self.job.problem.test_floor()
+
+    @property
     def sync_count(self) -> int:
         return self.ranks[0]["sync_count"]
+
+    @property
+    def expected_sync_count(self) -> int:
+        """Collectives the regime must make: one per step (sync), ``ceil(T / H)`` (local),
+        none (alone, hogwild)."""
+        steps = self.ranks[0]["steps"]
+        return {"sync": steps, "local": -(-steps // self.regime.period)}.get(self.regime.kind, 0)
 
     @property
     def bytes(self) -> int:
@@ -379,27 +550,87 @@ class RunResult:
         return self.ranks[0]["bytes"]
 
     @property
+    def total_updates(self) -> int:
+        return int(sum(r["steps"] for r in self.ranks))
+
+    def rank_wall(self, k: dict) -> float:
+        """One worker's own clocked time (loss evaluation excluded)."""
+        return k["end_t"] - k["start_t"] - k["eval_s"]
+
+    @property
     def wall_s(self) -> float:
-        return max(r["wall_s"] for r in self.ranks)
+        """From the first worker's start to the last worker's end (loss evaluation excluded)."""
+        return (max(r["end_t"] for r in self.ranks) - min(r["start_t"] for r in self.ranks)
+                - max(r["eval_s"] for r in self.ranks))
+
+    def _stamps(self) -> tuple[np.ndarray, np.ndarray]:
+        arrive = np.array([r["arrivals"] for r in self.ranks], dtype=np.float64).reshape(self.world_size, -1)
+        depart = np.array([r["departures"] for r in self.ranks], dtype=np.float64).reshape(self.world_size, -1)
+        return arrive, depart
+
+    def waits(self) -> np.ndarray:
+        """``(P,)`` seconds each worker waited for the last peer to arrive, summed over the
+        collectives: ``Σ_k (max_q a_qk − a_pk)``."""
+        arrive, _ = self._stamps()
+        return (arrive.max(0, initial=-np.inf) - arrive).sum(1) if arrive.size else np.zeros(self.world_size)
+
+    def transfers(self) -> np.ndarray:
+        """``(P,)`` seconds from the last arrival to this worker's departure, summed: the
+        all-reduce proper."""
+        arrive, depart = self._stamps()
+        return (depart - arrive.max(0)).sum(1) if arrive.size else np.zeros(self.world_size)
+
+    def collective_times(self) -> np.ndarray:
+        """``(n_collectives,)`` seconds of each all-reduce proper: last arrival to last departure."""
+        arrive, depart = self._stamps()
+        return depart.max(0) - arrive.max(0)
 
     @property
     def wait_s(self) -> float:
-        """Barrier waiting time of the worker that waited most."""
-        return max(r["wait_s"] for r in self.ranks)
+        """Inferred waiting of the worker that waited most."""
+        return float(self.waits().max())
 
     @property
     def transfer_s(self) -> float:
-        return max(r["transfer_s"] for r in self.ranks)
+        return float(self.transfers().max())
+
+    @property
+    def collective_share(self) -> float:
+        """Mean over workers of the fraction of their wall time spent in collectives
+        (waiting for peers plus the all-reduce itself)."""
+        w, t = self.waits(), self.transfers()
+        return float(np.mean([(w[i] + t[i]) / self.rank_wall(k) for i, k in enumerate(self.ranks)]))
+
+    @property
+    def wait_share(self) -> float:
+        w = self.waits()
+        return float(np.mean([w[i] / self.rank_wall(k) for i, k in enumerate(self.ranks)]))
 
     @property
     def updates_per_s(self) -> float:
-        """Sum over workers of each worker's own SGD-step rate (what the system delivers)."""
-        return sum(r["steps"] / r["wall_s"] for r in self.ranks)
+        """SGD updates applied by all workers together ÷ the run's wall time."""
+        return self.total_updates / self.wall_s
 
     @property
     def slowest_step_s(self) -> float:
-        """Per-step compute time (injected delay included) of the slowest worker."""
-        return max(r["compute_s"] / r["steps"] for r in self.ranks)
+        """Seconds per step (gradient plus injected delay) of the slowest worker."""
+        return max((r["compute_s"] + r["delay_s"]) / r["steps"] for r in self.ranks)
+
+    @property
+    def bound_ratio(self) -> float:
+        """Delivered updates per second ÷ the slowest-worker bound ``P / t_slow``."""
+        return self.updates_per_s / (self.world_size / self.slowest_step_s)
+
+    @property
+    def idle_per_delay(self) -> float:
+        """Idle time the workers had (injected sleep plus inferred waiting), averaged over the
+        workers, ÷ the largest injected sleep of any worker. Every regime that cannot absorb
+        the delays gives ≥ 1: a persistently slow worker (every peer waits out its delay) gives
+        1 exactly; independent jitter under a per-step barrier gives ``E[max_p d] / E[d]``."""
+        delay = np.array([r["delay_s"] for r in self.ranks])
+        if delay.max() <= 0:
+            raise ValueError(f"idle_per_delay: regime {self.regime.name!r} injected no delay")
+        return float((delay + self.waits()).mean() / delay.max())
 
     @property
     def joules(self) -> float | None:
@@ -407,51 +638,89 @@ class RunResult:
         return sum(js) if js else None
 
 
+def _check_jobs(jobs: Sequence[Job], world_size: int) -> None:
+    for j in jobs:
+        if not isinstance(j, Job):
+            raise ValueError(f"jobs must be dynbook.sync.Job, got {type(j).__name__}")
+        r = j.regime
+        if r.straggler_rank is not None and not 0 <= r.straggler_rank < world_size:
+            raise ValueError(f"straggler_rank={r.straggler_rank!r} is not allowed: expected 0..{world_size - 1}")
+
+
+def run_jobs(jobs: Sequence[Job], world_size: int = 2, *, device: str = "cpu", backend: str = "auto",
+             timeout: float = 300.0) -> list[RunResult]:
+    """Run every job one after another in one launch of ``world_size`` processes (one
+    process start for all of them); returns one :class:`RunResult` per job, in order.
+    Hogwild jobs run on CPU shared memory (with gloo, in a second launch if the others use
+    NCCL). Hogwild is not reproducible bit for bit: the interleaving of reads and writes is
+    the point."""
+    import torch.multiprocessing as mp
+
+    jobs = list(jobs)
+    _check_jobs(jobs, world_size)
+    backend = resolve_backend(backend, device, world_size)
+    groups = [(backend, [i for i, j in enumerate(jobs) if backend == "gloo" or j.regime.kind != "hogwild"])]
+    if backend == "nccl":
+        groups.append(("gloo", [i for i, j in enumerate(jobs) if j.regime.kind == "hogwild"]))
+    ctx = mp.get_context("spawn")
+    results: dict[int, RunResult] = {}
+    for group_backend, idx in groups:
+        if not idx:
+            continue
+        shared = []
+        for i in idx:
+            job = jobs[i]
+            if job.regime.kind == "hogwild":
+                shared.append((job.problem.init().share_memory_(),
+                               ctx.Value("q", job.training.n_steps * world_size)))
+            else:
+                shared.append(None)
+        device_kind = "cuda" if group_backend == "nccl" else "cpu"
+        per_rank = launch(_suite_worker, world_size, ([jobs[i] for i in idx], shared, device_kind),
+                          backend=group_backend, timeout=timeout)
+        for n, i in enumerate(idx):
+            ranks = [per_rank[r][n] for r in range(world_size)]
+            job = jobs[i]
+            if job.regime.kind == "hogwild":
+                theta = shared[n][0]
+                x, y = job.problem.data()
+                with torch.no_grad():
+                    log = [(s, t, float(job.problem.loss(torch.from_numpy(th), x, y)))
+                           for s, t, th in ranks[0].pop("snapshots")]
+                    log.append((ranks[0]["steps"], max(r["end_t"] for r in ranks) - min(r["start_t"] for r in ranks),
+                                float(job.problem.loss(theta, x, y))))
+                ranks[0]["test_loss"] = _test_loss(job.problem, theta)
+                results[i] = RunResult(job.regime, world_size, ranks, log, theta.numpy().copy(), job)
+            else:
+                results[i] = RunResult(job.regime, world_size, ranks, ranks[0]["log"], ranks[0]["theta"], job)
+    return [results[i] for i in range(len(jobs))]
+
+
 def train_distributed(problem: Problem, training: Training, regimes: Sequence[Regime],
                       world_size: int = 2, *, device: str = "cpu", backend: str = "auto",
                       seed: int = 0, timeout: float = 300.0) -> list[RunResult]:
-    """Run the ``sync``/``local`` ``regimes`` one after another in one launch of ``world_size``
-    processes (one process start for all of them); returns one :class:`RunResult` each."""
+    """Run the ``sync``/``local`` ``regimes`` of one problem in one launch (:func:`run_jobs`)."""
     for r in regimes:
         if r.kind == "hogwild":
             raise ValueError("kind='hogwild' is not allowed in train_distributed: use train_hogwild")
-        if r.straggler_rank is not None and not 0 <= r.straggler_rank < world_size:
-            raise ValueError(f"straggler_rank={r.straggler_rank!r} is not allowed: expected 0..{world_size - 1}")
-    backend = resolve_backend(backend, device, world_size)
-    device_kind = "cuda" if backend == "nccl" else "cpu"
-    per_rank = launch(_suite_worker, world_size, (problem, training, list(regimes), device_kind, seed),
-                      backend=backend, timeout=timeout)
-    out = []
-    for i, regime in enumerate(regimes):
-        ranks = [per_rank[r][i] for r in range(world_size)]
-        out.append(RunResult(regime, world_size, ranks, ranks[0]["log"], ranks[0]["theta"]))
-    return out
+    return run_jobs([Job(problem, training, r, seed) for r in regimes], world_size, device=device,
+                    backend=backend, timeout=timeout)
 
 
 def train_hogwild(problem: Problem, training: Training, regimes: Sequence[Regime] = (Regime("hogwild"),),
                   world_size: int = 2, *, seed: int = 0, timeout: float = 300.0) -> list[RunResult]:
-    """Hogwild: ``world_size`` processes update one shared-memory ``theta`` without locks,
-    once per regime (one process start for all). The loss log comes from snapshots rank 0
-    takes (evaluated here, after the run); its steps are rank 0's steps. Not reproducible
-    bit for bit: the interleaving of reads and writes is the point."""
+    """Hogwild runs of one problem (:func:`run_jobs`): ``world_size`` processes update one
+    shared-memory ``theta`` without locks, sharing a budget of ``world_size × n_steps`` updates."""
     for r in regimes:
         if r.kind != "hogwild":
             raise ValueError(f"regime kind={r.kind!r} is not allowed in train_hogwild: expected 'hogwild'")
-        if r.straggler_rank is not None and not 0 <= r.straggler_rank < world_size:
-            raise ValueError(f"straggler_rank={r.straggler_rank!r} is not allowed: expected 0..{world_size - 1}")
-    thetas = [problem.init().share_memory_() for _ in regimes]
-    per_rank = launch(_hogwild_worker, world_size, (problem, training, list(regimes), thetas, seed),
-                      backend="gloo", timeout=timeout)
-    x, y = problem.data()
-    out = []
-    for i, (regime, theta) in enumerate(zip(regimes, thetas)):
-        ranks = [per_rank[r][i] for r in range(world_size)]
-        with torch.no_grad():
-            log = [(s, t, float(problem.loss(torch.from_numpy(th), x, y)))
-                   for s, t, th in ranks[0].pop("snapshots")]
-            log.append((training.n_steps, max(r["wall_s"] for r in ranks), float(problem.loss(theta, x, y))))
-        out.append(RunResult(regime, world_size, ranks, log, theta.numpy().copy()))
-    return out
+    return run_jobs([Job(problem, training, r, seed) for r in regimes], world_size, timeout=timeout)
+
+
+def relative_difference(theta, reference: torch.Tensor) -> float:
+    """``max |θ − θ_ref| / max |θ_ref|`` in float64 (``theta`` may be a NumPy array)."""
+    ref = torch.as_tensor(reference).double()
+    return float((torch.as_tensor(theta).double() - ref).abs().max() / ref.abs().max())
 
 
 def reference_sgd(problem: Problem, training: Training, world_size: int,
@@ -459,21 +728,49 @@ def reference_sgd(problem: Problem, training: Training, world_size: int,
                   dtype=torch.float64) -> torch.Tensor:
     """Data-parallel SGD computed in one process, each rank's batch stream replayed: ``sync``
     averages the ``world_size`` gradients every step, ``local`` averages the parameters every
-    ``period`` steps (and after the last). What the all-reduce versions must reproduce."""
-    if regime.kind not in ("sync", "local"):
-        raise ValueError(f"regime.kind={regime.kind!r} is not allowed: expected 'sync' or 'local'")
+    ``period`` steps (and after the last), ``alone`` never averages (rank 0's model is
+    returned). What the all-reduce versions must reproduce."""
+    if regime.kind not in ("sync", "local", "alone"):
+        raise ValueError(f"regime.kind={regime.kind!r} is not allowed: expected 'sync', 'local' or 'alone'")
     x, y = problem.data(dtype)
     draws = [batch_indices(problem, r, world_size, seed) for r in range(world_size)]
     thetas = [problem.init(dtype) for _ in range(world_size)]
     for step in range(1, training.n_steps + 1):
         grads = [_sgd_step(problem, th, x, y, d(training.batch_size)) for th, d in zip(thetas, draws)]
+        eta = training.step_size
         if regime.kind == "sync":
-            thetas = [th - training.step_size * torch.stack(grads).mean(0) for th in thetas]
+            thetas = [th - eta * torch.stack(grads).mean(0) for th in thetas]
+        elif regime.kind == "alone":
+            thetas = [th - eta * g for th, g in zip(thetas, grads)]
         else:
-            thetas = [th - training.step_size * g for th, g in zip(thetas, grads)]
+            thetas = [th - eta * g for th, g in zip(thetas, grads)]
             if step % regime.period == 0 or step == training.n_steps:
                 thetas = [torch.stack(thetas).mean(0)] * world_size
     return thetas[0]
+
+
+def expected_idle_per_delay(prob: float, world_size: int, period: int, n_steps: int) -> float:
+    """What :attr:`RunResult.idle_per_delay` must be, in expectation, under pure Bernoulli
+    jitter (each worker sleeps ``d`` with probability ``prob`` per step) when only the delays
+    make workers differ: a round of ``period`` steps ends when the worker with the most sleeps
+    arrives, so the idle time per round is ``d · E[max_p B_p]``, ``B_p ~ Binomial(period, prob)``;
+    divided by the mean sleep ``d · period · prob``. (Rounds are ``period`` long, the last one
+    ``n_steps mod period``.) 1 would mean no amplification; ``period = 1`` is the per-step
+    barrier of synchronous SGD."""
+    from scipy import stats
+
+    if not 0 < prob <= 1:
+        raise ValueError(f"prob={prob!r} is not allowed: expected in (0, 1]")
+
+    def e_max(h: int) -> float:
+        k = np.arange(h + 1)
+        cdf = stats.binom.cdf(k, h, prob)
+        # E[max] = Σ_k P(max > k) = Σ_k (1 − F(k)^P)
+        return float(np.sum(1 - cdf[:-1] ** world_size))
+
+    full, rest = divmod(n_steps, period)
+    idle = full * e_max(period) + (e_max(rest) if rest else 0.0)
+    return idle / (n_steps * prob)
 
 
 # ----------------------------------------------------------------------------- torchrun
@@ -514,9 +811,10 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     finally:
         dist.destroy_process_group()
     if rank == 0:
-        summary = {k: v for k, v in res.items() if k not in ("log", "theta")}
+        summary = {k: v for k, v in res.items() if k not in ("log", "theta", "arrivals", "departures")}
         summary.update(world_size=world_size, backend=backend, problem=asdict(problem),
-                       training=asdict(training))
+                       training=asdict(training), collective_s=float(sum(
+                           d - a for a, d in zip(res["arrivals"], res["departures"]))))
         print(json.dumps(summary))
         return summary
     return None

@@ -123,10 +123,43 @@ def test_measured_stability_limits_match_theory():
         assert m / 1.01 <= R.delay_stability_limit(tau) < m * ratio * 1.01
 
 
-def test_tolerated_workers_and_bad_inputs():
+def test_tolerated_workers_follows_the_final_risks():
     pb = R.StreamingRegression(dim=4, seed=0)
-    w_max, final = R.tolerated_workers(pb, 256, [1, 2, 4, 8, 64], 0.05, n_seeds=2)
-    assert w_max in (1, 2, 4, 8, 64) and final.shape == (5,)
+    grid = [1, 2, 4, 8, 64]
+    w_max, final = R.tolerated_workers(pb, 256, grid, 0.05, n_seeds=2)
+    out = R.delayed_sgd(pb, [0.05] * 5, [w - 1 for w in grid], 256, n_seeds=2)
+    torch.testing.assert_close(final, out["final"], rtol=0, atol=0)
+    within = [bool(v <= 1.1 * final[0]) for v in final.tolist()]  # nan (diverged) compares False
+    expected = grid[within.index(False) - 1] if False in within else grid[-1]
+    assert w_max == expected
+    # a step size that 64 stale workers cannot survive (ηλ_max = 0.5 > π/(2·63)) tolerates fewer
+    w_big, final_big = R.tolerated_workers(pb, 256, grid, 0.5, n_seeds=2)
+    assert math.isnan(float(final_big[-1])) and w_big < 64 and w_big <= w_max
+
+
+def test_crossing_workers_interpolates_in_log_w():
+    grid = [1, 2, 4, 8, 16]
+    final = torch.tensor([1.0, 1.05, 1.08, 1.2, float("nan")], dtype=torch.float64)
+    assert R.crossing_workers(grid, final, 0.1) == pytest.approx(4 * 2 ** (1 / 6))  # (1.1 − 1.08)/(1.2 − 1.08)
+    diverged = torch.tensor([1.0, 1.02, float("nan"), 5.0, 9.0], dtype=torch.float64)
+    assert R.crossing_workers(grid, diverged, 0.1) == 2.0
+    assert R.crossing_workers(grid, torch.ones(5, dtype=torch.float64), 0.1) == 16.0
+
+
+def test_tolerated_workers_by_group_repeats_the_single_run():
+    pb = R.StreamingRegression(dim=4, seed=0)
+    grid = [1, 2, 4, 8]
+    w, final = R.tolerated_workers_by_group(pb, 128, grid, [0.05, 0.2], n_groups=3, seeds_per_group=2, seed=5)
+    assert w.shape == (2, 3) and final.shape == (2, 3, 4)
+    full = R.delayed_sgd(pb, [0.05] * 4 + [0.2] * 4, [0, 1, 3, 7] * 2, 128, n_seeds=6, seed=5)
+    torch.testing.assert_close(final.mean(1).flatten(), full["final"], rtol=1e-12, atol=0)
+    for e in range(2):
+        for g in range(3):
+            assert float(w[e, g]) == pytest.approx(R.crossing_workers(grid, final[e, g], 0.1))
+
+
+def test_tolerated_workers_bad_inputs():
+    pb = R.StreamingRegression(dim=4, seed=0)
     with pytest.raises(ValueError, match="workers="):
         R.tolerated_workers(pb, 16, [2, 4], 0.1)
     with pytest.raises(ValueError, match="delays="):
