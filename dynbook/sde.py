@@ -1,0 +1,284 @@
+"""Stochastic differential equations with torchsde: solver orders on an SDE with an exact
+solution, a Neural SDE fitted to paths of a known process, and the memory of the stochastic
+adjoint.
+
+Glossary (code ↔ maths): ``GBM`` is geometric Brownian motion dX = μX dt + σX dW with
+X(T) = X(0) exp((μ − σ²/2)T + σW(T)); ``OU`` is the Ornstein–Uhlenbeck process
+dX = θ(μ − X) dt + σ dW; a ``NeuralSDE`` has drift f_θ(x) and diagonal diffusion g_φ(x) > 0
+(small MLPs). Strong error: E|X_N(T) − X(T)| on the same Brownian path; weak error:
+|E X_N(T) − E X(T)|, estimated with common random numbers (the same paths), so its Monte
+Carlo noise is that of the difference, not of X. ``method`` names are torchsde's (``"euler"``
+is Euler–Maruyama for Itô SDEs, ``"milstein"``, ``"srk"`` is Rößler's strong-order-1.5 SRK).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .stats import LEVEL, Estimate
+
+#: (strong, weak) orders the theory gives for GBM (multiplicative, diagonal noise); SRK's
+#: weak order is not used for a check (its weak error sits at the Monte Carlo floor here)
+NOMINAL_ORDERS = {"euler": (0.5, 1.0), "milstein": (1.0, 1.0), "srk": (1.5, None)}
+
+
+# ----------------------------------------------------------------------------- fits
+
+
+def order_fit(x, y, *, level: float = LEVEL) -> Estimate:
+    """Slope p of log y = p log x + b (least squares) with its Student-t interval
+    (n − 2 degrees of freedom): a convergence order (x = steps, y = error → −p)."""
+    from scipy import stats
+
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if lx.size < 3 or not np.all(np.isfinite(lx)) or not np.all(np.isfinite(ly)):
+        raise ValueError(f"order_fit needs ≥ 3 positive finite points, got x={list(x)}, y={list(y)}")
+    sxx = float(((lx - lx.mean()) ** 2).sum())
+    slope = float(((lx - lx.mean()) * (ly - ly.mean())).sum() / sxx)
+    resid = ly - ly.mean() - slope * (lx - lx.mean())
+    se = math.sqrt(float((resid ** 2).sum()) / (lx.size - 2) / sxx)
+    half = float(stats.t.ppf(0.5 + level / 2, lx.size - 2)) * se
+    return Estimate(slope, slope - half, slope + half, f"log-log slope over {lx.size} points, t interval",
+                    lx.size, tuple(float(v) for v in y), level)
+
+
+# ----------------------------------------------------------------------------- GBM orders
+
+
+class GBM(nn.Module):
+    """dX = μX dt + σX dW (Itô, diagonal noise), for torchsde."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, mu: float = 1.0, sigma: float = 1.0):
+        super().__init__()
+        self.mu, self.sigma = mu, sigma
+
+    def f(self, t, y):
+        return self.mu * y
+
+    def g(self, t, y):
+        return self.sigma * y
+
+    def exact(self, y0, t, w_t):
+        """X(t) on the path with W(t) = ``w_t``."""
+        return y0 * torch.exp((self.mu - 0.5 * self.sigma ** 2) * t + self.sigma * w_t)
+
+
+def gbm_errors(methods=("euler", "milstein", "srk"), steps=(4, 8, 16, 32, 64), *, paths: int = 8000,
+               mu: float = 1.0, sigma: float = 1.0, t1: float = 1.0, seed: int = 0) -> dict:
+    """Strong and weak errors at X(t1) of each torchsde method at each step count, all on the
+    same ``paths`` Brownian paths (one ``BrownianInterval``, with space-time Lévy area for SRK),
+    float64. Returns ``{method: {"steps", "strong", "weak"}}``."""
+    import torchsde
+
+    sde = GBM(mu, sigma)
+    y0 = torch.ones(paths, 1, dtype=torch.float64)
+    bm = torchsde.BrownianInterval(0.0, t1, size=(paths, 1), dtype=torch.float64, entropy=seed,
+                                   levy_area_approximation="space-time")
+    exact = sde.exact(y0, t1, bm(0.0, t1))
+    ts = torch.tensor([0.0, t1], dtype=torch.float64)
+    out = {}
+    with torch.no_grad():
+        for m in methods:
+            strong, weak = [], []
+            for n in steps:
+                y = torchsde.sdeint(sde, y0, ts, bm=bm, dt=t1 / n, method=m)[-1]
+                strong.append(float((y - exact).abs().mean()))
+                weak.append(abs(float((y - exact).mean())))
+            out[m] = {"steps": list(steps), "strong": strong, "weak": weak}
+    return out
+
+
+# ----------------------------------------------------------------------------- OU and a Neural SDE
+
+
+@dataclass(frozen=True)
+class OU:
+    """dX = θ(μ − X) dt + σ dW; exact Gaussian transitions."""
+
+    theta: float = 1.0
+    mu: float = 0.5
+    sigma: float = 0.5
+
+    def drift(self, x):
+        return self.theta * (self.mu - x)
+
+    def diffusion(self, x):
+        return torch.full_like(x, self.sigma)
+
+    def paths(self, x0: torch.Tensor, n_obs: int, dt: float, generator=None) -> torch.Tensor:
+        """Exact samples at times 0, dt, …, n_obs·dt: ``(n_obs + 1, *x0.shape)``."""
+        a = math.exp(-self.theta * dt)
+        sd = self.sigma * math.sqrt((1 - a * a) / (2 * self.theta))
+        xs = [x0]
+        for _ in range(n_obs):
+            z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+            xs.append(self.mu + a * (xs[-1] - self.mu) + sd * z)
+        return torch.stack(xs)
+
+
+@dataclass(frozen=True)
+class DoubleWell:
+    """dX = (X − X³) dt + σ dW, simulated by Euler–Maruyama on a fine grid (the control's data)."""
+
+    sigma: float = 0.5
+
+    def drift(self, x):
+        return x - x ** 3
+
+    def diffusion(self, x):
+        return torch.full_like(x, self.sigma)
+
+    def paths(self, x0, n_obs, dt, generator=None, substeps: int = 20):
+        h = dt / substeps
+        xs, x = [x0], x0
+        for _ in range(n_obs):
+            for _ in range(substeps):
+                x = x + self.drift(x) * h + self.sigma * math.sqrt(h) * torch.randn(
+                    x.shape, generator=generator, dtype=x.dtype)
+            xs.append(x)
+        return torch.stack(xs)
+
+
+class EnsembleMLP(nn.Module):
+    """``members`` independent 1-D MLPs x ↦ y, evaluated at once: ``x (members, n, 1)``."""
+
+    def __init__(self, members: int, hidden: int, *, generator=None, out_scale: float = 1.0):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(members, 1, hidden, generator=generator))
+        self.b1 = nn.Parameter(torch.randn(members, 1, hidden, generator=generator))
+        self.w2 = nn.Parameter(out_scale * torch.randn(members, hidden, 1, generator=generator) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(members, 1, 1))
+
+    def forward(self, x):
+        return torch.baddbmm(self.b2, torch.tanh(torch.baddbmm(self.b1, x, self.w1)), self.w2)
+
+
+class NeuralSDE(nn.Module):
+    """dX = f_θ(X) dt + g_φ(X) dW with g_φ = softplus(·) > 0, ``members`` models side by side:
+    the torchsde state ``(members·n, 1)`` holds member i's paths in rows i·n … (i+1)·n − 1."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, members: int = 1, hidden: int = 32, *, generator=None):
+        super().__init__()
+        self.members = members
+        self.f_net = EnsembleMLP(members, hidden, generator=generator)
+        self.g_net = EnsembleMLP(members, hidden // 2, generator=generator, out_scale=0.1)
+
+    def _split(self, y):
+        return y.reshape(self.members, -1, 1)
+
+    def drift(self, x):
+        """f_θ at ``x (members, n, 1)``."""
+        return self.f_net(x)
+
+    def diffusion(self, x):
+        return nn.functional.softplus(self.g_net(x) - 0.5)
+
+    def f(self, t, y):
+        return self.drift(self._split(y)).reshape(y.shape)
+
+    def g(self, t, y):
+        return self.diffusion(self._split(y)).reshape(y.shape)
+
+
+def transition_nll(model: NeuralSDE, x0, x1, *, dt: float, substeps: int, replicas: int,
+                   adjoint: bool = False, bm_seed: int | None = None) -> torch.Tensor:
+    """Gaussian negative log-likelihood of observed transitions x0 → x1 ``(members, n, 1)``
+    under the model, with the transition's mean and variance estimated from ``replicas``
+    torchsde Euler–Maruyama paths of ``substeps`` steps each (gradients through the solver, or
+    the stochastic adjoint). Returns the per-member mean NLL ``(members,)``."""
+    import torchsde
+
+    m, n, _ = x0.shape
+    y0 = x0.repeat_interleave(replicas, dim=1).reshape(-1, 1)
+    ts = torch.tensor([0.0, dt], dtype=y0.dtype)
+    bm = None
+    if bm_seed is not None:
+        bm = torchsde.BrownianInterval(0.0, dt, size=y0.shape, dtype=y0.dtype, entropy=bm_seed)
+    solve = torchsde.sdeint_adjoint if adjoint else torchsde.sdeint
+    kwargs = {"adjoint_method": "euler"} if adjoint else {}
+    y1 = solve(model, y0, ts, bm=bm, dt=dt / substeps, method="euler", **kwargs)[-1]
+    y1 = y1.reshape(m, n, replicas)
+    mean, var = y1.mean(-1, keepdim=True), y1.var(-1, keepdim=True) + 1e-6
+    return (0.5 * torch.log(var) + 0.5 * (x1 - mean) ** 2 / var).mean((1, 2))
+
+
+def em_nll(model: NeuralSDE, x0, x1, *, dt: float) -> torch.Tensor:
+    """Negative log-likelihood of observed transitions x0 → x1 ``(members, n, 1)`` under one
+    Euler–Maruyama step of the model, N(x0 + f_θ(x0) dt, g_φ(x0)² dt) (the local Gaussian
+    pseudo-likelihood). Returns the per-member mean ``(members,)``."""
+    var = model.diffusion(x0) ** 2 * dt
+    return (0.5 * torch.log(var) + 0.5 * (x1 - x0 - model.drift(x0) * dt) ** 2 / var).mean((1, 2))
+
+
+def fit_neural_sde(model: NeuralSDE, paths: torch.Tensor, *, dt: float, iterations: int, batch: int,
+                   lr: float = 1e-2, generator=None) -> list[float]:
+    """Fit each member to its own observed paths ``(n_obs + 1, members, n_paths)`` by the
+    Euler–Maruyama transition likelihood :func:`em_nll` (Adam, cosine schedule, minibatches of
+    ``batch`` transitions). Returns the mean loss per iteration."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    x0_all = paths[:-1].permute(1, 0, 2).reshape(model.members, -1)
+    x1_all = paths[1:].permute(1, 0, 2).reshape(model.members, -1)
+    losses = []
+    for _ in range(iterations):
+        idx = torch.randint(0, x0_all.shape[1], (batch,), generator=generator)
+        loss = em_nll(model, x0_all[:, idx, None], x1_all[:, idx, None], dt=dt).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()) / model.members)
+    return losses
+
+
+def simulate(model, x0: torch.Tensor, *, t1: float, n_steps: int, seed: int = 0) -> torch.Tensor:
+    """Paths of a (Neural) SDE with torchsde's Euler–Maruyama, ``x0 (members·n, 1)`` →
+    X(t1) of the same shape (no gradients)."""
+    import torchsde
+
+    bm = torchsde.BrownianInterval(0.0, t1, size=x0.shape, dtype=x0.dtype, entropy=seed)
+    with torch.no_grad():
+        return torchsde.sdeint(model, x0, torch.tensor([0.0, t1], dtype=x0.dtype), bm=bm,
+                               dt=t1 / n_steps, method="euler")[-1]
+
+
+def coefficient_errors(model: NeuralSDE, truth, visited: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Relative L2 errors of each member's drift and diffusion against ``truth`` over the
+    points it visited, ``visited (members, n)``: ‖f_θ − f‖/‖f‖ and ‖g_φ − g‖/‖g‖."""
+    x = visited[..., None]
+    with torch.no_grad():
+        df = model.drift(x) - truth.drift(x)
+        dg = model.diffusion(x) - truth.diffusion(x)
+        fn, gn = truth.drift(x).norm(dim=(1, 2)), truth.diffusion(x).norm(dim=(1, 2))
+    return (df.norm(dim=(1, 2)) / fn).tolist(), (dg.norm(dim=(1, 2)) / gn).tolist()
+
+
+def memory_vs_steps(model: NeuralSDE, x0, x1, steps, *, dt: float, replicas: int, device: str = "cpu") -> dict:
+    """Peak bytes of one forward + backward of :func:`transition_nll` at each number of solver
+    steps, backpropagating through torchsde's solver and with its stochastic adjoint (same
+    Brownian path, seed 0), and the relative difference of their gradients."""
+    from .measure import peak_bytes
+
+    out = {"steps": list(steps), "backprop_bytes": [], "adjoint_bytes": [], "grad_rel_err": []}
+    for n in steps:
+        grads = {}
+        for adjoint in (False, True):
+            def step():
+                model.zero_grad()
+                transition_nll(model, x0, x1, dt=dt, substeps=n, replicas=replicas, adjoint=adjoint,
+                               bm_seed=0).sum().backward()
+            out["adjoint_bytes" if adjoint else "backprop_bytes"].append(peak_bytes(step, device=device))
+            grads[adjoint] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        out["grad_rel_err"].append(float((grads[True] - grads[False]).norm() / grads[False].norm()))
+    return out

@@ -1,0 +1,186 @@
+"""dynbook.diffusion in float64: closed-form marginals and scores, samplers and their orders,
+the two-sample metric, the likelihood identity, and a learned score on a tiny problem."""
+
+import math
+
+import pytest
+import torch
+
+from dynbook import diffusion as df
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def mixture():
+    means = torch.tensor([[1.0, -0.5], [-1.2, 0.3], [0.2, 1.5]], dtype=D)
+    return df.GaussianMixture(means, torch.tensor([0.04, 0.09, 0.25], dtype=D), torch.tensor([0.5, 0.3, 0.2], dtype=D))
+
+
+SDES = [df.VPSDE(0.1, 20.0), df.VESDE(0.01, 10.0)]
+
+
+@pytest.mark.parametrize("sde", SDES, ids=["vp", "ve"])
+def test_kernel_variance_is_the_integral_of_g_squared(sde):
+    # d/dt s(t)² = g(t)² − 2·(½β) s² for VP (= g² for VE): check s² against a quadrature of the
+    # linear ODE v' = g² + 2 a(t) v, a = drift coefficient, v(0) = 0
+    n = 20000
+    ts = torch.linspace(0, 1, n + 1, dtype=D)
+    v = torch.zeros((), dtype=D)
+    at = {}
+    for k in range(n):  # Heun on the variance ODE
+        def rhs(t, v):
+            a = -0.5 * sde.beta(t) if sde.kind == "vp" else 0.0
+            return sde.diffusion(t) ** 2 + 2 * a * v
+        t0, t1 = ts[k], ts[k + 1]
+        h = t1 - t0
+        k1 = rhs(t0, v)
+        k2 = rhs(t1, v + h * k1)
+        v = v + h / 2 * (k1 + k2)
+        if k + 1 in (n // 10, n):
+            at[k + 1] = float(v)
+    assert at[n // 10] == pytest.approx(float(sde.noise_std(0.1)) ** 2, rel=1e-6)
+    assert at[n] == pytest.approx(float(sde.noise_std(1.0)) ** 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=["vp", "ve"])
+@pytest.mark.parametrize("t", [0.001, 0.1, 0.7])
+def test_score_is_the_gradient_of_log_p_t(sde, t):
+    mix = mixture()
+    x = torch.tensor([[0.3, -0.2], [-1.0, 0.5], [2.0, 1.0]], dtype=D)
+    eps = 1e-6
+    fd = torch.stack([(mix.log_prob(x + eps * e, t, sde) - mix.log_prob(x - eps * e, t, sde)) / (2 * eps)
+                      for e in torch.eye(2, dtype=D)], 1)
+    assert torch.allclose(mix.score(x, t, sde), fd, rtol=1e-6, atol=1e-6)
+    lap_fd = sum((mix.score(x + eps * e, t, sde) - mix.score(x - eps * e, t, sde))[:, i] / (2 * eps)
+                 for i, e in enumerate(torch.eye(2, dtype=D)))
+    assert torch.allclose(mix.laplacian_log_prob(x, t, sde), lap_fd, rtol=1e-5, atol=1e-5)
+
+
+def test_marginal_object_matches_the_time_dependent_formulas_and_batches():
+    mix, sde = mixture(), SDES[0]
+    x = torch.randn(2, 5, 2, dtype=D)
+    pt = mix.marginal(sde, 0.3)
+    assert torch.allclose(pt.log_prob(x), mix.log_prob(x, 0.3, sde))
+    assert torch.allclose(pt.score(x), mix.score(x, 0.3, sde))
+    t = torch.rand(2, 5, dtype=D)  # per-point times, leading batch dimension
+    per_point = torch.stack([mix.score(x[i, j:j + 1], t[i, j], sde)[0] for i in range(2) for j in range(5)])
+    assert torch.allclose(mix.score(x, t, sde).reshape(-1, 2), per_point)
+    # the marginal at t = 1 of the VP-SDE is nearly the standard normal
+    p1 = mix.marginal(sde, 1.0)
+    assert float(p1.means.abs().max()) < 0.02 and torch.allclose(p1.variances, torch.ones(3, dtype=D), atol=1e-3)
+
+
+def test_mmd_to_mixture_is_unbiased_and_zero_for_its_own_samples():
+    mix = mixture()
+    other = mix.rotated(0.4)
+    g = torch.Generator().manual_seed(0)
+    ell = 0.5
+    exact = df.mmd2_mixtures(other, mix, ell)
+    assert exact > 1e-3 and df.mmd2_mixtures(mix, mix, ell) == pytest.approx(0.0, abs=1e-14)
+    est = torch.tensor([df.mmd2_to_mixture(other.sample(400, g), mix, ell) for _ in range(40)], dtype=D)
+    assert float(est.mean()) == pytest.approx(exact, abs=4 * float(est.std()) / math.sqrt(40))
+    own = torch.tensor([df.mmd2_to_mixture(mix.sample(400, g), mix, ell) for _ in range(40)], dtype=D)
+    assert abs(float(own.mean())) < 4 * float(own.std()) / math.sqrt(40)
+    # the sample-sample estimator agrees with the closed-form one in expectation
+    two = torch.tensor([df.mmd2_samples(other.sample(300, g), mix.sample(300, g), ell) for _ in range(40)], dtype=D)
+    assert float(two.mean()) == pytest.approx(exact, abs=4 * float(two.std()) / math.sqrt(40))
+
+
+def gaussian_flow_exact(x1, mu, v, sde, t):
+    """For one Gaussian N(μ, vI) the probability flow is affine: x(t) − m_t μ scales by the
+    ratio of standard deviations (VP)."""
+    var = lambda s: float(sde.mean_coef(s)) ** 2 * v + float(sde.noise_std(s)) ** 2
+    return float(sde.mean_coef(t)) * mu + (x1 - float(sde.mean_coef(1.0)) * mu) * math.sqrt(var(t) / var(1.0))
+
+
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("rk4", 4)])
+def test_probability_flow_solvers_converge_at_their_order(solver, order):
+    sde = df.VPSDE(0.1, 20.0)
+    mu = torch.tensor([[0.7, -0.4]], dtype=D)
+    mix = df.GaussianMixture(mu, torch.tensor([0.3], dtype=D), torch.ones(1, dtype=D))
+    x1 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=D)
+    exact = gaussian_flow_exact(x1, mu, 0.3, sde, 0.05)
+    steps = [64, 128, 256] if solver == "euler" else [16, 32, 64]
+    errs = [float((df.pf_ode(df.exact_score(mix, sde), sde, x1, t_end=0.05, solver=solver, n_steps=n)[0]
+                   - exact).abs().max()) for n in steps]
+    fitted = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+    assert all(abs(p - order) < 0.3 * order for p in fitted), (errs, fitted)
+    x, nfe = df.pf_ode(df.exact_score(mix, sde), sde, x1, t_end=0.05, solver="dopri5", rtol=1e-10, atol=1e-10)
+    assert float((x - exact).abs().max()) < 1e-7 and nfe > 0
+
+
+def test_reverse_sde_recovers_a_gaussian_and_brownian_helpers():
+    sde = df.VPSDE(0.1, 20.0)
+    mu = torch.tensor([[1.0, -1.0]], dtype=D)
+    mix = df.GaussianMixture(mu, torch.tensor([0.09], dtype=D), torch.ones(1, dtype=D))
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    dw = df.brownian_increments(400, n, 2, t_end=1e-3, generator=g)
+    assert float(dw.var()) == pytest.approx((1 - 1e-3) / 400, rel=0.02)
+    coarse = df.coarsen(dw, 4)
+    assert coarse.shape == (100, n, 2) and torch.allclose(coarse.sum(0), dw.sum(0))
+    with pytest.raises(ValueError):
+        df.coarsen(dw, 7)
+    x = df.reverse_sde_em(df.exact_score(mix, sde), sde, mix.marginal(sde, 1.0).sample(n, g), dw, t_end=1e-3)
+    target = mix.marginal(sde, 1e-3)
+    assert torch.allclose(x.mean(0), target.means[0], atol=0.02)
+    assert float(x.var(0).mean()) == pytest.approx(float(target.variances[0]), rel=0.08)
+
+
+def test_likelihood_identity_and_hutchinson():
+    mix, sde = mixture(), df.VPSDE(0.1, 20.0)
+    x = mix.marginal(sde, 1e-2).sample(6, torch.Generator().manual_seed(3))
+    p1 = mix.marginal(sde, 1.0)
+    ll, nfe = df.pf_log_likelihood(df.exact_score(mix, sde), sde, p1.log_prob, x, t_start=1e-2, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(ll, mix.log_prob(x, 1e-2, sde), atol=1e-5) and nfe > 0
+    hutch = torch.stack([df.pf_log_likelihood(df.exact_score(mix, sde), sde, p1.log_prob, x, t_start=1e-2,
+                                              trace="hutchinson", n_probes=8,
+                                              generator=torch.Generator().manual_seed(s), rtol=1e-6, atol=1e-6)[0]
+                         for s in range(4)])
+    assert float((hutch.mean(0) - ll).abs().mean()) < 0.5  # unbiased but noisy
+    with pytest.raises(ValueError, match="trace"):
+        df.pf_log_likelihood(df.exact_score(mix, sde), sde, p1.log_prob, x, t_start=1e-2, trace="exact-ish")
+
+
+def test_learned_score_on_a_tiny_problem():
+    sde = df.VPSDE(0.1, 20.0)
+    mix = df.GaussianMixture(torch.tensor([[0.5, -0.5]], dtype=D), torch.tensor([0.25], dtype=D), torch.ones(1, dtype=D))
+    g = torch.Generator().manual_seed(0)
+    net = df.EnsembleScore(2, 2, 32, 3, sde=sde, generator=g).double()
+    before = df.weighted_score_error(net.member(0), mix, sde, n=2000, t_min=1e-2, generator=torch.Generator().manual_seed(1))
+    losses = df.train_dsm(net, mix, iterations=300, batch=256, t_min=1e-2, lr=1e-2, generator=g)
+    assert losses[-1] < losses[0]
+    after = [df.weighted_score_error(net.member(i), mix, sde, n=2000, t_min=1e-2,
+                                     generator=torch.Generator().manual_seed(1)) for i in range(2)]
+    assert max(after) < 0.1 < before, (before, after)
+
+
+def test_errors_and_small_helpers():
+    with pytest.raises(ValueError, match="sde"):
+        df.make_sde("subvp")
+    with pytest.raises(ValueError, match="solver"):
+        df.pf_ode(lambda x, t: x, df.VPSDE(), torch.zeros(2, 2, dtype=D), t_end=0.1, solver="heun", n_steps=3)
+    with pytest.raises(ValueError, match="n_steps"):
+        df.pf_ode(lambda x, t: x, df.VPSDE(), torch.zeros(2, 2, dtype=D), t_end=0.1, solver="rk4")
+    with pytest.raises(ValueError, match="sampler"):
+        df.step_cost("heun", n_modes=4)
+    assert df.step_cost("rk4", n_modes=4)["nfe"] == 4
+    assert df.step_cost("em", n_modes=8)["flops"] > df.step_cost("em", n_modes=4)["flops"]
+    curve = [(4, [0.5, 0.01]), (8, [0.015, 0.03]), (16, [0.001, 0.001])]
+    assert df.nfe_to_quality(curve, 0.02) == [8.0, 4.0]
+    assert df.nfe_to_quality(curve, 1e-4) == [math.inf, math.inf]
+    adaptive = [([19, 21], [0.5, 0.01]), ([40, 44], [0.01, 0.005])]
+    assert df.nfe_to_quality(adaptive, 0.02) == [40.0, 21.0]
+    between = df.nfe_to_quality(curve, 0.02, interpolate=True)
+    assert between[1] == 4.0 and 4.0 < between[0] < 8.0
+    assert between[0] == pytest.approx(math.exp(math.log(4) + (0.5 - 0.02) / (0.5 - 0.015) * math.log(2)))
+    a = torch.zeros(3, 4, 2, dtype=D)
+    assert torch.allclose(df.rms_distance(a, a + torch.tensor([3.0, 4.0], dtype=D)), torch.full((3,), 5.0, dtype=D))
