@@ -348,7 +348,36 @@ def fit_friction(observed, ntk0, f0, target, power, lr, momentum, *, convention=
 
     sparsity = kron(eye(b), csr_matrix(np.ones((k1, 1))))
     fit = least_squares(residuals, np.log(guess.numpy()), jac_sparsity=sparsity, method="trf",
-                        diff_step=1e-6, xtol=1e-10, ftol=1e-12)
+                        diff_step=1e-6, xtol=1e-8, ftol=1e-10)
+    return torch.as_tensor(np.exp(fit.x))
+
+
+def fit_vacuum_energy(observed, ntk0, f0, target, power, lr, momentum, *, planck_mass=1.0):
+    """Least-squares V_0 of the FLRW dual (leading order: φ(0) = f_0 at rest, V = Θ_0 ℓ + V_0,
+    H from the Friedmann equations, t = k√η) against observed heavy-ball trajectories.
+
+    Unlike :func:`fit_friction`, H is not fixed: where the field's own energy competes with
+    V_0 the fitted V_0 absorbs it. ``observed``: (K + 1, B); the rest broadcast to (B,).
+    Started from the dictionary's M_P²(1 − μ)²/(3η). Returns (B,).
+    """
+    from scipy.optimize import least_squares
+    from scipy.sparse import csr_matrix, eye, kron
+
+    observed = torch.as_tensor(observed, dtype=torch.float64)
+    k1, b = observed.shape
+    ntk0, f0, target, power, lr, momentum = _broadcast(ntk0, f0, target, power, lr, momentum,
+                                                       like=observed)
+    guess = vacuum_energy(lr, momentum, planck_mass)
+    scale = (observed - observed[:1]).abs().amax(dim=0).clamp_min(1e-300)
+
+    def residuals(log_v):
+        v = torch.as_tensor(np.exp(log_v), dtype=torch.float64)
+        phi = flrw(f0, ntk0, target, power, v, lr.sqrt(), k1 - 1, planck_mass=planck_mass)["phi"]
+        return ((phi - observed) / scale).T.reshape(-1).numpy()
+
+    sparsity = kron(eye(b), csr_matrix(np.ones((k1, 1))))
+    fit = least_squares(residuals, np.log(guess.numpy()), jac_sparsity=sparsity, method="trf",
+                        diff_step=1e-6, xtol=1e-8, ftol=1e-10)
     return torch.as_tensor(np.exp(fit.x))
 
 
@@ -358,12 +387,13 @@ def fit_friction(observed, ntk0, f0, target, power, lr, momentum, *, convention=
 def ntk_modes(ntk: torch.Tensor):
     """Eigenvalues λ_1 ≥ λ_2 ≥ … and orthonormal eigenvectors (columns) of a symmetric Θ; each
     eigenvector's sign is fixed so that its entries sum to ≥ 0 (the top one is the near-uniform
-    mean-field mode). Returns (λ: (N,), V: (N, N))."""
-    if ntk.ndim != 2 or ntk.shape[0] != ntk.shape[1]:
-        raise ValueError(f"ntk must be a square (N, N) matrix, got shape {tuple(ntk.shape)}")
-    lam, vec = torch.linalg.eigh((ntk + ntk.T) / 2)
-    lam, vec = lam.flip(0), vec.flip(1)
-    sign = torch.where(vec.sum(0) < 0, -1.0, 1.0).to(vec)
+    mean-field mode). Θ: (N, N) or a batch (B, N, N). Returns (λ: (…, N), V: (…, N, N))."""
+    if ntk.ndim not in (2, 3) or ntk.shape[-1] != ntk.shape[-2]:
+        raise ValueError(f"ntk must be a square (N, N) matrix or a (B, N, N) batch, got shape "
+                         f"{tuple(ntk.shape)}")
+    lam, vec = torch.linalg.eigh((ntk + ntk.transpose(-1, -2)) / 2)
+    lam, vec = lam.flip(-1), vec.flip(-1)
+    sign = torch.where(vec.sum(-2, keepdim=True) < 0, -1.0, 1.0).to(vec)
     return lam, vec * sign
 
 
@@ -377,28 +407,44 @@ def _mode_setup(f0, power, lr, momentum, n_steps, convention):
     return friction(lr, momentum), mass, lr ** 0.5, _step_grid(n_steps, offset, f0), offset
 
 
+def _batched(ntk0, f0, target, power):
+    """(N, N), (N,) … or (B, N, N), (B, N) …: → the batched forms and whether to squeeze."""
+    single = ntk0.ndim == 2
+    if single:
+        ntk0, f0 = ntk0[None], f0[None]
+    target = torch.as_tensor(target, dtype=f0.dtype, device=f0.device).expand_as(f0)
+    power = torch.as_tensor(power, dtype=f0.dtype, device=f0.device).reshape(-1, 1)
+    if power.shape[0] not in (1, f0.shape[0]):
+        raise ValueError(f"power has {power.shape[0]} entries for a batch of {f0.shape[0]}")
+    return ntk0, f0, target, power, single
+
+
 def predict_function(ntk0, f0, target, power, lr, momentum, n_steps, *, convention="leading",
                      rtol=RTOL, atol=ATOL):
     """The frozen-kernel prediction for N training inputs and the loss L = mean_i ℓ(f_i):
 
         c f̈ + γ ḟ + Θ_0 ℓ'(f)/N = 0,   f: (N,), Θ_0: (N, N);   returns (K + 1, N).
+
+    A batch (Θ_0: (B, N, N), f_0: (B, N), power a number or (B,)) gives (K + 1, B, N).
     """
     from torchdiffeq import odeint
 
     gamma, mass, h, s, offset = _mode_setup(f0, power, lr, momentum, n_steps, convention)
-    n = f0.shape[0]
+    ntk0, f0, target, power, single = _batched(ntk0, f0, target, power)
+    n = f0.shape[-1]
 
     def rhs(_, state):
         f, u = state
-        force = ntk0 @ loss_terms(f, target, power)[1] / n
+        force = torch.einsum("bij,bj->bi", ntk0, loss_terms(f, target, power)[1]) / n
         return h * u, h * (-(gamma * u) - force) / mass
 
     f, _ = odeint(rhs, (f0, torch.zeros_like(f0)), s, rtol=rtol, atol=atol, method="dopri5")
-    return f if offset == 0 else f[1:]
+    f = f if offset == 0 else f[1:]
+    return f[:, 0] if single else f
 
 
 def predict_modes(ntk0, f0, target, power, lr, momentum, n_steps, *, convention="leading",
-                  rtol=RTOL, atol=ATOL):
+                  kernel_scale=1.0, rtol=RTOL, atol=ATOL):
     """The mean-field + perturbation equations in the eigenbasis of Θ_0 = V diag(λ) Vᵀ.
 
     Modes g = Vᵀ f; the mean field is f̄ = g_1 v_1 and the perturbation δf = Σ_{i≥2} g_i v_i.
@@ -407,31 +453,97 @@ def predict_modes(ntk0, f0, target, power, lr, momentum, n_steps, *, convention=
         c g̈_1 + γ ġ_1 + (λ_1/N) v_1ᵀ ℓ'(f̄) = 0
         c g̈_i + γ ġ_i + (λ_i/N) v_iᵀ [ℓ'(f̄) + ℓ''(f̄) ⊙ δf] = 0,   i ≥ 2
 
-    (exact for n = 2, where ℓ' is linear). Returns (g: (K + 1, N), λ: (N,), V: (N, N)).
+    (exact for n = 2, where ℓ' is linear). ``kernel_scale`` multiplies every λ (a wrong
+    kernel, for negative controls). Returns (g: (K + 1, N), λ: (N,), V: (N, N)), or with a
+    batch (Θ_0: (B, N, N)) (K + 1, B, N), (B, N), (B, N, N).
     """
     from torchdiffeq import odeint
 
     gamma, mass, h, s, offset = _mode_setup(f0, power, lr, momentum, n_steps, convention)
+    _check_positive("kernel_scale", kernel_scale)
+    ntk0, f0, target, power, single = _batched(ntk0, f0, target, power)
     lam, vec = ntk_modes(ntk0)
-    n = f0.shape[0]
-    g0 = vec.T @ f0
+    n = f0.shape[-1]
+    g0 = torch.einsum("bji,bj->bi", vec, f0)
+    rate = kernel_scale * lam / n
 
     def rhs(_, state):
         g, u = state
-        mean = g[0] * vec[:, 0]
-        pert = vec[:, 1:] @ g[1:]
+        mean = g[:, :1] * vec[:, :, 0]
+        pert = torch.einsum("bij,bj->bi", vec[:, :, 1:], g[:, 1:])
         _, d1, d2 = loss_terms(mean, target, power)
-        force = vec.T @ d1
-        force = torch.cat([force[:1], force[1:] + vec[:, 1:].T @ (d2 * pert)])
-        return h * u, h * (-(gamma * u) - lam * force / n) / mass
+        force = torch.einsum("bji,bj->bi", vec, d1)
+        force = torch.cat([force[:, :1], force[:, 1:]
+                           + torch.einsum("bji,bj->bi", vec[:, :, 1:], d2 * pert)], dim=1)
+        return h * u, h * (-(gamma * u) - rate * force) / mass
 
     g, _ = odeint(rhs, (g0, torch.zeros_like(g0)), s, rtol=rtol, atol=atol, method="dopri5")
-    return (g if offset == 0 else g[1:]), lam, vec
+    g = g if offset == 0 else g[1:]
+    if single:
+        return g[:, 0], lam[0], vec[0]
+    return g, lam, vec
+
+
+def mode_analysis(run: dict, lr, momentum, n_steps, *, control_kernel_scale=0.1) -> dict:
+    """Compare trained networks with the mean-field and perturbation equations, mode by mode
+    (the source's Figure 5), for both continuum conventions.
+
+    ``run``: the dict of :func:`dynbook.ntk.train_ensemble` for B networks on N inputs (``f``
+    (K + 1, B, N), ``f0``, ``target`` (B, N), ``ntk0``, ``ntk_end`` (B, N, N), ``power`` (B,)).
+    Actual modes are g = Vᵀ f in the eigenbasis of each network's Θ_0. Returns (B,) tensors
+
+    * ``mean_dev[conv]``: max_k |g_1,pred − g_1| / |Δg_1| (Δ: end minus start), and
+      ``mean_dev_full``: the same with the full frozen-kernel equation (next order);
+      ``mean_dev_control``: next order with every λ times ``control_kernel_scale``;
+    * ``resolution``: η λ_1 ℓ''(f̄_0)/N, how coarsely the steps resolve the mean motion;
+    * ``ntk_change``: ‖Θ_K − Θ_0‖/‖Θ_0‖;
+
+    and (B, N − 1) tensors over the perturbation modes i ≥ 2: ``lam_rel`` λ_i/λ_1,
+    ``motion`` |Δg_i|/|g_i(0)| (each mode against its own starting amplitude),
+    ``motion_pred`` the same predicted (next order), ``unexplained``
+    |Δg_i,pred − Δg_i|/|Δg_i| (1 when the equations predict no motion at all),
+    ``motion_vs_mean`` |Δg_i|/|Δg_1|; plus ``g`` and ``g_pred`` (K + 1, B, N).
+    """
+    from .ntk import CONVENTIONS
+
+    f, f0, target, ntk0, power = run["f"], run["f0"], run["target"], run["ntk0"], run["power"]
+    lam, vec = ntk_modes(ntk0)
+    g = torch.einsum("bji,kbj->kbi", vec, f)
+    travel1 = (g[-1, :, 0] - g[0, :, 0]).abs()
+    pred = {conv: predict_modes(ntk0, f0, target, power, lr, momentum, n_steps,
+                                convention=conv)[0] for conv in CONVENTIONS}
+    ctrl = predict_modes(ntk0, f0, target, power, lr, momentum, n_steps, convention="next",
+                         kernel_scale=control_kernel_scale)[0]
+    full = torch.einsum("bji,kbj->kbi", vec, predict_function(
+        ntk0, f0, target, power, lr, momentum, n_steps, convention="next"))
+
+    def mean_gap(p):
+        return (p[:, :, 0] - g[:, :, 0]).abs().amax(0) / travel1
+
+    n = f0.shape[-1]
+    mean0 = g[0, :, :1] * vec[:, :, 0]
+    d2 = loss_terms(mean0, target, power[:, None])[2].mean(-1)
+    moved = g[-1, :, 1:] - g[0, :, 1:]
+    moved_pred = pred["next"][-1, :, 1:] - pred["next"][0, :, 1:]
+    start = g[0, :, 1:].abs()
+    return {
+        "lam_rel": lam[:, 1:] / lam[:, :1],
+        "mean_dev": {conv: mean_gap(p) for conv, p in pred.items()},
+        "mean_dev_full": mean_gap(full),
+        "mean_dev_control": mean_gap(ctrl),
+        "resolution": torch.as_tensor(lr, dtype=f.dtype) * lam[:, 0] / n * d2,
+        "ntk_change": torch.linalg.matrix_norm(run["ntk_end"] - ntk0) / torch.linalg.matrix_norm(ntk0),
+        "motion": moved.abs() / start,
+        "motion_pred": moved_pred.abs() / start,
+        "unexplained": (moved_pred - moved).abs() / moved.abs(),
+        "motion_vs_mean": moved.abs() / travel1[:, None],
+        "g": g, "g_pred": pred["next"], "g_pred_leading": pred["leading"],
+    }
 
 
 __all__ = [
     "loss_terms", "friction", "hubble_rate", "vacuum_energy", "vacuum_energy_of", "energy_ratio",
     "predict_output", "flrw", "flrw_of_network", "constraint_violation", "relative_deviation",
-    "max_learning_rate", "homogeneous_scan", "fit_friction", "ntk_modes", "predict_function",
-    "predict_modes",
+    "max_learning_rate", "homogeneous_scan", "fit_friction", "fit_vacuum_energy", "ntk_modes",
+    "predict_function", "predict_modes", "mode_analysis",
 ]

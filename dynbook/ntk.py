@@ -79,6 +79,14 @@ class MLPConfig:
         return sum(math.prod(s) for s in self.shapes.values())
 
 
+def experiment_generator(seed: int, offset: int) -> torch.Generator:
+    """A CPU generator for one experiment of a chapter, seeded with ``1000 seed + offset``, so
+    each experiment's networks depend only on the run's seed and not on what ran before."""
+    _positive_int("seed", seed, lo=0)
+    _positive_int("offset", offset, lo=0)
+    return torch.Generator().manual_seed(1000 * seed + offset)
+
+
 def init_params(config: MLPConfig, n_models: int | None = None, *, generator=None,
                 dtype=torch.float64, device="cpu") -> dict[str, torch.Tensor]:
     """Standard-normal weights and biases; with ``n_models`` every tensor gets a leading
@@ -167,15 +175,57 @@ def ensemble_ntk(config: MLPConfig, params: dict, x: torch.Tensor, *, weight_std
     return vmap(one, chunk_size=chunk_size)(params, s)
 
 
+PARAMETRIZATIONS = ("ntk", "standard")
+
+
+def ensemble_ntk0_parts(config: MLPConfig, params: dict, x0: torch.Tensor) -> dict:
+    """Θ_0(x_0) of every member split by parameter tensor: {name: (B,)} with
+    Θ_0 = Σ_name ‖∂f(x_0)/∂θ_name‖², in the NTK parametrization of ``params``."""
+    if x0.shape != (1, config.d_in):
+        raise ValueError(f"x0 must be one input of shape (1, {config.d_in}), got {tuple(x0.shape)}")
+    fn = network(config)
+
+    def one(p):
+        jac = jacrev(fn)(p, x0)
+        return {name: j.pow(2).sum() for name, j in jac.items()}
+
+    return vmap(one)(params)
+
+
+def standard_ntk0(config: MLPConfig, parts: dict) -> torch.Tensor:
+    """Θ_0 of the same networks in the standard parametrization, from the NTK-parametrized
+    parts of :func:`ensemble_ntk0_parts`: there the trainable weights are W_std = σ_w W/√fan_in
+    and b_std = σ_b b, so ∂f/∂W_std = (√fan_in/σ_w) ∂f/∂W and ∂f/∂b_std = ∂f/∂b/σ_b, and
+    Θ_0 = Σ_l (fan_in_l/σ_w²) ‖∂f/∂W_l‖² + ‖∂f/∂b_l‖²/σ_b². It grows with the width."""
+    if config.bias_std <= 0:
+        raise ValueError("standard_ntk0 needs bias_std > 0 (the biases' scale divides their part)")
+    total = 0
+    for name, part in parts.items():
+        if name.startswith("W"):
+            fan_in = config.shapes[name][1]
+            total = total + part * fan_in / config.weight_std ** 2
+        else:
+            total = total + part / config.bias_std ** 2
+    return total
+
+
 def ntk_grid(widths, depths, activations, weight_stds, n_seeds: int, *, x0: float = 1.0,
-             bias_std: float = 0.1, generator=None, device="cpu") -> torch.Tensor:
+             bias_std: float = 0.1, generator=None, device="cpu",
+             parametrization: str = "ntk"):
     """Θ_0 = ‖∇_θ f(x_0)‖² over a hyperparameter grid, one vmapped ensemble of ``n_seeds``
     networks per setting: returns (len(activations), len(depths), len(widths),
-    len(weight_stds), n_seeds), on the CPU."""
+    len(weight_stds), n_seeds), on the CPU.
+
+    ``parametrization="ntk"`` (the networks' own), ``"standard"`` (the same networks'
+    Θ_0 with W ~ N(0, σ_w²/fan_in) trained directly, :func:`standard_ntk0`), or ``"both"``:
+    a dict {"ntk": grid, "standard": grid} from the same draws."""
     _positive_int("n_seeds", n_seeds)
+    if parametrization not in PARAMETRIZATIONS + ("both",):
+        raise ValueError(f"parametrization={parametrization!r} is not allowed: expected 'ntk', "
+                         "'standard' or 'both'")
     x = torch.full((1, 1), float(x0), dtype=torch.float64, device=device)
-    out = torch.empty(len(activations), len(depths), len(widths), len(weight_stds), n_seeds,
-                      dtype=torch.float64)
+    shape = (len(activations), len(depths), len(widths), len(weight_stds), n_seeds)
+    out = {name: torch.empty(shape, dtype=torch.float64) for name in PARAMETRIZATIONS}
     for i, act in enumerate(activations):
         for j, depth in enumerate(depths):
             for k, width in enumerate(widths):
@@ -183,14 +233,20 @@ def ntk_grid(widths, depths, activations, weight_stds, n_seeds: int, *, x0: floa
                     cfg = MLPConfig(width=width, depth=depth, activation=act, weight_std=std,
                                     bias_std=bias_std)
                     params = init_params(cfg, n_seeds, generator=generator, device=device)
-                    out[i, j, k, m] = ensemble_ntk(cfg, params, x)[:, 0, 0].cpu()
-    return out
+                    parts = ensemble_ntk0_parts(cfg, params, x)
+                    out["ntk"][i, j, k, m] = sum(parts.values()).cpu()
+                    if parametrization != "ntk":
+                        out["standard"][i, j, k, m] = standard_ntk0(cfg, parts).cpu()
+    return out if parametrization == "both" else out[parametrization]
 
 
 def factor_effects(values: torch.Tensor, factors) -> dict:
     """How much each factor of a grid moves a positive quantity: for factor axis a, the ratio
     max/min over its levels of the seed-averaged value (last axis = seeds), taken at every
-    setting of the other factors; returns {factor: (median ratio, all ratios)}."""
+    setting of the other factors; returns {factor: (median ratio, all ratios)}.
+
+    The answer depends on the levels chosen for each factor (a wider range moves the
+    quantity more): compare factors only over stated ranges."""
     mean = values.mean(dim=-1)
     if mean.ndim != len(factors):
         raise ValueError(f"factors={factors!r} must name the {mean.ndim} non-seed axes")
@@ -334,6 +390,21 @@ def flatten(params: dict) -> tuple[torch.Tensor, Callable]:
     return vec, unflatten
 
 
+def flat_output_loss(config: MLPConfig, params: dict, x: torch.Tensor, *, target_shift: float,
+                     power: int) -> tuple[torch.Tensor, Callable]:
+    """One network's loss as a function of its flat parameters, for the parameter-space ODE:
+    L(θ) = mean_i (f(θ, x_i) − y)^n with y = mean_i f(θ_0, x_i) + Δ. Returns (θ_0: (P,), L)."""
+    theta0, unflatten = flatten(params)
+    fn = network(config)
+    with torch.no_grad():
+        target = fn(params, x).mean() + target_shift
+
+    def loss(theta):
+        return ((fn(unflatten(theta), x) - target) ** power).mean()
+
+    return theta0, loss
+
+
 def heavy_ball_ode(loss: Callable[[torch.Tensor], torch.Tensor], theta0: torch.Tensor,
                    t: torch.Tensor, *, friction: float, mass: float = 1.0,
                    velocity0: torch.Tensor | None = None, rtol: float = 1e-10,
@@ -375,11 +446,17 @@ def heavy_ball_flat(loss: Callable[[torch.Tensor], torch.Tensor], theta0: torch.
 
 def continuum_gap(loss: Callable[[torch.Tensor], torch.Tensor], theta0: torch.Tensor, *,
                   friction: float, t_end: float, lrs, convention: str = "leading",
-                  rtol: float = 1e-8, atol: float = 1e-10) -> torch.Tensor:
+                  ode_friction: float | None = None, rtol: float = 1e-8,
+                  atol: float = 1e-10) -> torch.Tensor:
     """The distance between the heavy ball and its continuous limit, taken at fixed friction:
     for each η in ``lrs``, μ = 1 − γ√η and K = round(t_end/√η) steps from rest at θ_0,
     returns max_k ‖θ_k − θ((k + offset)√η)‖ with c θ̈ + γ θ̇ + ∇L = 0 (c and offset from
-    :func:`continuum`): a (len(lrs),) tensor, expected O(√η) ``leading`` and O(η) ``next``."""
+    :func:`continuum`): a (len(lrs),) tensor, expected O(√η) ``leading`` and O(η) ``next``.
+
+    ``ode_friction`` solves the ODE with another friction than the heavy ball's γ (a limit
+    that is wrong at every η, so its gap does not shrink: a negative control)."""
+    if ode_friction is not None:
+        _positive_float("ode_friction", ode_friction, allow_zero=True)
     gaps = []
     for lr in lrs:
         h = float(lr) ** 0.5
@@ -393,15 +470,17 @@ def continuum_gap(loss: Callable[[torch.Tensor], torch.Tensor], theta0: torch.Te
         t = (torch.arange(n_steps + 1, dtype=theta0.dtype, device=theta0.device) + offset) * h
         if offset:
             t = torch.cat([t.new_zeros(1), t])
-        limit = heavy_ball_ode(loss, theta0, t, friction=friction, mass=mass, rtol=rtol,
-                               atol=atol)
+        limit = heavy_ball_ode(loss, theta0, t, friction=friction if ode_friction is None
+                               else ode_friction, mass=mass, rtol=rtol, atol=atol)
         limit = limit[1:] if offset else limit
         gaps.append((discrete - limit).norm(dim=1).max())
     return torch.stack(gaps)
 
 
 __all__ = [
-    "ACTIVATIONS", "MLPConfig", "init_params", "mlp", "network", "empirical_ntk", "ensemble_ntk",
-    "ntk_grid", "factor_effects", "CONVENTIONS", "continuum", "heavy_ball", "output_loss",
-    "train_ensemble", "flatten", "heavy_ball_ode", "heavy_ball_flat", "continuum_gap",
+    "ACTIVATIONS", "MLPConfig", "experiment_generator", "init_params", "mlp", "network",
+    "empirical_ntk", "ensemble_ntk", "ntk_grid", "PARAMETRIZATIONS", "ensemble_ntk0_parts",
+    "standard_ntk0", "factor_effects", "CONVENTIONS", "continuum", "heavy_ball", "output_loss",
+    "train_ensemble", "flatten", "flat_output_loss", "heavy_ball_ode", "heavy_ball_flat",
+    "continuum_gap",
 ]

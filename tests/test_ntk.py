@@ -181,3 +181,74 @@ def test_bad_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="outside \\[0, 1\\)"):
         ntk.continuum_gap(quartic_loss, torch.zeros(2, dtype=F64), friction=20.0, t_end=1.0,
                           lrs=[0.1])
+
+
+def test_standard_parametrization_ntk_equals_autograd_on_standard_weights():
+    # Θ_0 of the same network written with W_std = σ_w W/√fan_in, b_std = σ_b b as leaves
+    cfg = ntk.MLPConfig(width=13, depth=2, activation="erf", weight_std=1.3, bias_std=0.4)
+    x0 = torch.full((1, 1), 0.7, dtype=F64)
+    params = ntk.init_params(cfg, 2, generator=torch.Generator().manual_seed(11))
+    parts = ntk.ensemble_ntk0_parts(cfg, params, x0)
+    torch.testing.assert_close(sum(parts.values()), ntk.ensemble_ntk(cfg, params, x0)[:, 0, 0])
+    got = ntk.standard_ntk0(cfg, parts)
+    for b in range(2):
+        std = {}
+        for name, v in params.items():
+            scale = (cfg.weight_std / math.sqrt(v.shape[-1])) if name.startswith("W") else cfg.bias_std
+            std[name] = (v[b] * scale).clone().requires_grad_()
+        h = x0
+        for layer in range(cfg.depth + 1):
+            h = h @ std[f"W{layer}"].T + std[f"b{layer}"]
+            if layer < cfg.depth:
+                h = torch.erf(h)
+        grads = torch.autograd.grad(h.sum(), list(std.values()))
+        torch.testing.assert_close(got[b], sum(g.pow(2).sum() for g in grads))
+
+
+def test_standard_parametrization_grows_with_width_and_ntk_does_not():
+    x0 = torch.ones(1, 1, dtype=F64)
+    th = {}
+    for width in (64, 1024):
+        cfg = ntk.MLPConfig(width=width, depth=1, activation="relu", bias_std=0.5)
+        params = ntk.init_params(cfg, 8, generator=torch.Generator().manual_seed(12))
+        parts = ntk.ensemble_ntk0_parts(cfg, params, x0)
+        th[width] = (sum(parts.values()).mean().item(), ntk.standard_ntk0(cfg, parts).mean().item())
+    assert 0.7 < th[1024][0] / th[64][0] < 1.4
+    assert th[1024][1] / th[64][1] > 8
+    with pytest.raises(ValueError, match="parametrization='mean_field'"):
+        ntk.ntk_grid([4], [1], ["relu"], [1.0], 1, parametrization="mean_field")
+
+
+def test_ntk_grid_both_returns_the_ntk_grid_from_the_same_draws():
+    args = ([8, 16], [1, 2], ["relu", "erf"], [0.5, 1.0], 2)
+    plain = ntk.ntk_grid(*args, bias_std=0.3, generator=torch.Generator().manual_seed(13))
+    both = ntk.ntk_grid(*args, bias_std=0.3, generator=torch.Generator().manual_seed(13),
+                        parametrization="both")
+    torch.testing.assert_close(both["ntk"], plain)
+    assert both["standard"].shape == plain.shape and torch.all(both["standard"] > 0)
+
+
+def test_continuum_gap_with_the_wrong_friction_does_not_converge():
+    lrs = [1e-2, 3e-3, 1e-3]
+    theta0 = torch.tensor([1.5, 0.8], dtype=F64)
+    gaps = ntk.continuum_gap(quartic_loss, theta0, friction=1.5, t_end=4.0, lrs=lrs,
+                             ode_friction=3.0)
+    slope, _ = loglog_fit(lrs, gaps.numpy())
+    assert abs(slope) < 0.1 and gaps.min() > 0.05
+
+
+def test_flat_output_loss_and_experiment_generator():
+    cfg = ntk.MLPConfig(width=5, depth=1, activation="erf")
+    params = ntk.init_params(cfg, generator=ntk.experiment_generator(3, 1))
+    again = ntk.init_params(cfg, generator=ntk.experiment_generator(3, 1))
+    other = ntk.init_params(cfg, generator=ntk.experiment_generator(3, 2))
+    assert all(torch.equal(params[k], again[k]) for k in params)
+    assert not torch.equal(params["W0"], other["W0"])
+    x = torch.tensor([[0.2], [0.9]], dtype=F64)
+    theta0, loss = ntk.flat_output_loss(cfg, params, x, target_shift=0.5, power=2)
+    f = ntk.network(cfg)(params, x)
+    expected = ((f - f.mean() - 0.5) ** 2).mean()  # the target sits Δ above the mean output
+    assert loss(theta0).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert expected.item() > 0.25  # the spread of the outputs adds to Δ²
+    with pytest.raises(ValueError, match="seed=-1"):
+        ntk.experiment_generator(-1, 0)
