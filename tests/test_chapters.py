@@ -1,9 +1,19 @@
 """Every chapter of _toc.yml executed by papermill with profile=quick: its executable checks
-pass, every claim gets a verdict, every glued number in the prose is a recorded metric with
-the same value, and the HTML book builds from the executed copies with warnings as errors."""
+pass, every claim follows the claims protocol and keeps its verdict at another seed, every
+glued number in the prose is a recorded metric with the same value, chapters without timings
+reproduce their record at the same seed, and the HTML book builds from the executed copies
+with warnings as errors.
+
+The chapter runs these tests need are made once, up front, as separate ``dynbook run``
+processes, ``DYNBOOK_TEST_JOBS`` (default 2) at a time; a chapter that spawns worker
+processes of its own runs alone, so that its timings do not compete with another chapter."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
@@ -13,30 +23,103 @@ from dynbook.metrics import VERDICTS
 
 ROOT = cli.book_root()
 CHAPTERS = cli.chapters(ROOT)
+BY_SLUG = {c.slug: c for c in CHAPTERS}
 GLUE_REF = re.compile(r"\{glue(?::(?:text|md|any))?\}`([A-Za-z0-9_]+)(?::[^`]*)?`")
+
+OTHER_SEED = 1
+# Chapters whose claims depend on random initialisation or random data: rerun at another seed,
+# a verdict may move to or from "inconclusive" but never between "supported" and "not supported".
+SEED_DEPENDENT = [c.slug for c in CHAPTERS]
+# Chapters whose recorded metrics contain no timing: the same seed on the same CPU must give
+# the same record, value for value.
+DETERMINISTIC = [c.slug for c in CHAPTERS
+                 if c.slug.endswith(("resnets_as_odes", "cosmology_duality"))]
+# Chapters that start worker processes (torch.distributed) and time them: they run alone.
+EXCLUSIVE = {c.slug for c in CHAPTERS if c.slug.endswith("synchronization_energy")}
+JOBS = max(1, int(os.environ.get("DYNBOOK_TEST_JOBS", "2")))
+
+# the runs a test may need: variant → parameters beyond profile=quick, device=cpu
+VARIANTS = {"seed0": {}, "other_seed": {"seed": OTHER_SEED}, "repeat": {}}
+
+
+def _wanted(items) -> set:
+    """(slug, variant) pairs that the selected tests of this module need."""
+    need = set()
+    for item in items:
+        if getattr(item, "module", None) is None or item.module.__name__ != __name__:
+            continue
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec else {}
+        slug = params["chapter"].slug if "chapter" in params else params.get("slug")
+        if item.originalname == "test_book_builds_from_executed_chapters":
+            need |= {(s, "seed0") for s in BY_SLUG}
+        elif slug:
+            need.add((slug, "seed0"))
+            if item.originalname == "test_verdicts_hold_at_another_seed":
+                need.add((slug, "other_seed"))
+            if item.originalname == "test_same_seed_same_metrics":
+                need.add((slug, "repeat"))
+    return need
+
+
+def _command(slug: str, variant: str, out) -> list:
+    params = [f"--param={k}={v}" for k, v in VARIANTS[variant].items()]
+    return [sys.executable, "-c", "import sys; from dynbook.cli import main; sys.exit(main())",
+            "run", slug, "--profile", "quick", "--device", "cpu", "--no-progress",
+            "--out", str(out), *params]
 
 
 @pytest.fixture(scope="session")
-def out_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("book")
+def chapter_runs(request, tmp_path_factory):
+    """{(slug, variant): output folder, or the failure message}: every run the selected tests
+    need, made before the first of them."""
+    base = tmp_path_factory.mktemp("runs")
+    # seed-0 runs first, and the later (heavier) chapters before the lighter ones
+    todo = sorted(_wanted(request.session.items),
+                  key=lambda sv: (list(VARIANTS).index(sv[1]), -BY_SLUG[sv[0]].number))
+    results, running = {}, []
+
+    def reap():
+        for job in list(running):
+            key, proc, out, log = job
+            if proc.poll() is not None:
+                log.close()
+                text = (out / "log.txt").read_text()
+                results[key] = out if proc.returncode == 0 else (
+                    f"chapter {key[0]} ({key[1]} run) exited {proc.returncode}:\n{text[-4000:]}")
+                running.remove(job)
+
+    def busy(key) -> bool:
+        alone = key[0] in EXCLUSIVE or any(j[0][0] in EXCLUSIVE for j in running)
+        return bool(running) and (alone or len(running) >= JOBS)
+
+    for key in todo:
+        while busy(key):
+            time.sleep(0.5)
+            reap()
+        out = base / f"{key[0]}-{key[1]}"
+        out.mkdir()
+        log = open(out / "log.txt", "w")
+        proc = subprocess.Popen(_command(*key, out), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        running.append((key, proc, out, log))
+    while running:
+        time.sleep(0.5)
+        reap()
+    return results
 
 
-_executed: dict = {}
-
-
-def execute(chapter, out_dir):
-    """Run a chapter once per test session; later tests reuse the result."""
-    if chapter.slug not in _executed:
-        try:
-            path = cli.run_chapter(chapter, {"profile": "quick", "device": "cpu"}, out=out_dir, progress=False)
-            _executed[chapter.slug] = (nbformat.read(path, as_version=4),
-                                       json.loads((out_dir / "metrics" / f"{chapter.slug}.json").read_text()))
-        except cli.ChapterFailed as e:
-            _executed[chapter.slug] = e
-    result = _executed[chapter.slug]
-    if isinstance(result, Exception):
-        pytest.fail(str(result))
+def _run_dir(chapter_runs, slug: str, variant: str):
+    result = chapter_runs[(slug, variant)]
+    if isinstance(result, str):
+        pytest.fail(result)
     return result
+
+
+def execute(chapter, chapter_runs, variant: str = "seed0"):
+    """The executed notebook and the record of one chapter run."""
+    out = _run_dir(chapter_runs, chapter.slug, variant)
+    return (nbformat.read(out / "executed" / f"{chapter.slug}.ipynb", as_version=4),
+            json.loads((out / "metrics" / f"{chapter.slug}.json").read_text()))
 
 
 def glue_outputs(nb) -> dict:
@@ -51,8 +134,8 @@ def glue_outputs(nb) -> dict:
 
 @pytest.mark.chapter
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.slug)
-def test_chapter_runs_quick_and_its_checks_pass(chapter, out_dir):
-    nb, metrics = execute(chapter, out_dir)
+def test_chapter_runs_quick_and_its_checks_pass(chapter, chapter_runs):
+    nb, metrics = execute(chapter, chapter_runs)
     assert metrics["profile"] == "quick" and metrics["device"] == "cpu"
     assert metrics["metrics"], "a chapter that measures nothing is not done"
     assert metrics["checks"] and all(c["passed"] for c in metrics["checks"].values())
@@ -62,8 +145,8 @@ def test_chapter_runs_quick_and_its_checks_pass(chapter, out_dir):
 
 @pytest.mark.chapter
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.slug)
-def test_glued_numbers_are_the_recorded_metrics(chapter, out_dir):
-    nb, metrics = execute(chapter, out_dir)
+def test_glued_numbers_are_the_recorded_metrics(chapter, chapter_runs):
+    nb, metrics = execute(chapter, chapter_runs)
     glued = glue_outputs(nb)
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     refs = set(GLUE_REF.findall(prose))
@@ -92,9 +175,13 @@ def test_glued_numbers_are_the_recorded_metrics(chapter, out_dir):
 
 
 @pytest.mark.chapter
-def test_book_builds_from_executed_chapters(out_dir):
+def test_book_builds_from_executed_chapters(chapter_runs, tmp_path):
+    out_dir = tmp_path  # the seed-0 runs, gathered as `dynbook book` leaves them
     for ch in CHAPTERS:
-        execute(ch, out_dir)
+        run = _run_dir(chapter_runs, ch.slug, "seed0")
+        for d, ext in (("executed", "ipynb"), ("metrics", "json")):
+            (out_dir / d).mkdir(exist_ok=True)
+            (out_dir / d / f"{ch.slug}.{ext}").write_bytes((run / d / f"{ch.slug}.{ext}").read_bytes())
     stage = cli.stage_book(ROOT, out_dir / "executed", out_dir / "metrics", out_dir / "stage")
     index = cli.build_html(stage, out_dir)
     assert index.exists()
@@ -111,10 +198,10 @@ def test_book_builds_from_executed_chapters(out_dir):
 
 @pytest.mark.chapter
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.slug)
-def test_every_claim_follows_the_protocol(chapter, out_dir):
+def test_every_claim_follows_the_protocol(chapter, chapter_runs):
     """Declared rule, a value with its interval, and a negative control measured in the run
     whose verdict is "not supported" (both "unavailable" where nothing can be measured here)."""
-    _, metrics = execute(chapter, out_dir)
+    _, metrics = execute(chapter, chapter_runs)
     for cid, c in metrics["claims"].items():
         where = f"{chapter.slug} {cid}"
         assert c.get("source") and c.get("quantity"), f"{where}: no source or measured quantity"
@@ -132,34 +219,11 @@ def test_every_claim_follows_the_protocol(chapter, out_dir):
         assert c.get("sentence"), f"{where}: no sentence glued from the verdict"
 
 
-OTHER_SEED = 1
-# Chapters whose claims depend on random initialisation or random data: rerun at another seed,
-# a verdict may move to or from "inconclusive" but never between "supported" and "not supported".
-SEED_DEPENDENT = [c.slug for c in CHAPTERS]
-_other: dict = {}
-
-
-def execute_other_seed(chapter, out_dir):
-    if chapter.slug not in _other:
-        dest = out_dir / f"seed{OTHER_SEED}"
-        try:
-            cli.run_chapter(chapter, {"profile": "quick", "device": "cpu", "seed": OTHER_SEED},
-                            out=dest, progress=False)
-            _other[chapter.slug] = json.loads((dest / "metrics" / f"{chapter.slug}.json").read_text())
-        except cli.ChapterFailed as e:
-            _other[chapter.slug] = e
-    result = _other[chapter.slug]
-    if isinstance(result, Exception):
-        pytest.fail(str(result))
-    return result
-
-
 @pytest.mark.chapter
 @pytest.mark.parametrize("slug", SEED_DEPENDENT)
-def test_verdicts_hold_at_another_seed(slug, out_dir):
-    chapter = next(c for c in CHAPTERS if c.slug == slug)
-    _, first = execute(chapter, out_dir)
-    second = execute_other_seed(chapter, out_dir)
+def test_verdicts_hold_at_another_seed(slug, chapter_runs):
+    _, first = execute(BY_SLUG[slug], chapter_runs)
+    _, second = execute(BY_SLUG[slug], chapter_runs, "other_seed")
     assert second["seed"] == OTHER_SEED and set(second["claims"]) == set(first["claims"])
     flips = [f"{cid}: {first['claims'][cid]['verdict']} at seed {first['seed']} → "
              f"{c['verdict']} at seed {OTHER_SEED}"
@@ -172,17 +236,10 @@ def test_verdicts_hold_at_another_seed(slug, out_dir):
                 f"{cid} at seed {OTHER_SEED}: negative control {c['negative_control']['verdict']!r}")
 
 
-# Chapters whose recorded metrics contain no timing: the same seed on the same CPU must give
-# the same record, value for value.
-DETERMINISTIC = ["02_resnets_as_odes", "06_cosmology_duality"]
-
-
 @pytest.mark.chapter
 @pytest.mark.parametrize("slug", DETERMINISTIC)
-def test_same_seed_same_metrics(slug, out_dir, tmp_path):
-    chapter = next(c for c in CHAPTERS if c.slug == slug)
-    _, first = execute(chapter, out_dir)
-    cli.run_chapter(chapter, {"profile": "quick", "device": "cpu"}, out=tmp_path, progress=False)
-    second = json.loads((tmp_path / "metrics" / f"{slug}.json").read_text())
+def test_same_seed_same_metrics(slug, chapter_runs):
+    _, first = execute(BY_SLUG[slug], chapter_runs)
+    _, second = execute(BY_SLUG[slug], chapter_runs, "repeat")
     assert second["metrics"] == first["metrics"]
     assert second["claims"] == first["claims"]
