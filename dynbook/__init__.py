@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .params import ParameterError, Run
-from .metrics import ClaimFailed, check, record, verdict
+from .metrics import ClaimFailed, check, record
 from .claims import Claim, Rule, at_least, at_most, declare, decide, summary, within
 from .stats import Estimate
 
-__all__ = ["setup", "record", "check", "verdict", "provenance", "ParameterError", "ClaimFailed", "Run",
+__all__ = ["setup", "record", "check", "provenance", "ParameterError", "ClaimFailed", "Run",
            "Claim", "Rule", "at_least", "at_most", "within", "declare", "decide", "summary", "Estimate"]
 __version__ = "0.1.0"
 

@@ -5,13 +5,15 @@ measured) and glues the value for myst-nb, so prose quotes the executed number w
 ``{glue:text}`name:.2f```. The metrics folder is ``$DYNBOOK_METRICS_DIR`` (set by
 ``dynbook run``), else ``<book root>/_build/metrics``, else ``./_build/metrics``.
 
-Three kinds of statement:
+Two kinds of statement live here:
 
 * :func:`record` – a measured quantity (value, unit, the claim it bears on).
 * :func:`check` – an *executable claim*: a relation that must hold on any hardware (two
   implementations agree, an order of convergence is met). A failing check stops the chapter.
-* :func:`verdict` – the answer to a claim from the source documents, computed from the
-  measurements. It may be "not supported" on some hardware; that is a result, not an error.
+
+Claims of the source documents get their verdicts through the claims protocol of
+:mod:`dynbook.claims` (declared rule, interval, negative control), which writes into the same
+record. A verdict may be "not supported" on some hardware; that is a result, not an error.
 """
 
 from __future__ import annotations
@@ -161,32 +163,6 @@ def check(claim: str, statement: str, holds: bool, *, detail: str = "") -> None:
     print(f"[{mark}] {claim}: {statement}" + (f" — {detail}" if detail else ""))
     if not holds:
         raise ClaimFailed(f"{claim}: {statement} — {detail}")
-
-
-def verdict(claim: str, statement: str, outcome: bool | str | None, *, evidence: str = "",
-            source: str = "") -> None:
-    """The run's answer to a claim of the documents; glued as ``verdict_<claim>``.
-
-    ``outcome``: True → "supported", False → "not supported", None → "inconclusive", or one
-    of :data:`VERDICTS` given directly (e.g. "unavailable" when no counter can be read).
-    """
-    if outcome is True:
-        word = "supported"
-    elif outcome is False:
-        word = "not supported"
-    elif outcome is None:
-        word = "inconclusive"
-    elif outcome in VERDICTS:
-        word = outcome
-    else:
-        raise ValueError(f"verdict outcome {outcome!r} is not allowed: expected True, False, None or one of {VERDICTS}")
-    _check_name(claim)
-    rec = current()
-    rec.data["claims"][claim] = {"statement": statement, "verdict": word, "evidence": evidence,
-                                 "source": source}
-    rec.write()
-    print(f"[{word.upper()}] {claim}: {statement}" + (f" — {evidence}" if evidence else ""))
-    _glue(f"verdict_{claim}", _Text(word))
 
 
 def finish() -> dict:

@@ -39,16 +39,9 @@ def test_check_raises_when_false_and_records_both(run):
     assert checks["K1"]["passed"] is True and checks["K2"]["passed"] is False
 
 
-@pytest.mark.parametrize("outcome,word", [(True, "supported"), (False, "not supported"),
-                                          (None, "inconclusive"), ("unavailable", "unavailable")])
-def test_verdict_words(run, outcome, word):
-    dynbook.verdict("C1", "a claim", outcome, evidence="e")
-    assert json.loads(run.read_text())["claims"]["C1"]["verdict"] == word
-
-
-def test_verdict_rejects_other_outcomes(run):
-    with pytest.raises(ValueError, match="verdict outcome 'maybe' is not allowed"):
-        dynbook.verdict("C1", "a claim", "maybe")
+def test_the_old_verdict_api_is_gone():
+    """Verdicts come only from declared claims (dynbook.declare / dynbook.decide)."""
+    assert not hasattr(dynbook, "verdict")
 
 
 def test_nonfinite_values_are_json_safe(run):
