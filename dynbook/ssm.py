@@ -10,7 +10,13 @@ Glossary (code → paper):
 ``A``            diagonal continuous-time state matrix, ``Re A < 0`` (stable)
 ``dA, dB``       ``Ā = exp(Δ A)``, ``B̄ = (Ā − 1) A⁻¹ B``: zero-order hold (ZOH)
 ``kernel``       ``K_l = C Ā^l B̄``: the SSM as one long causal convolution
+``dt_rank``      rank of Mamba's ``Δ`` projection, ``⌈d_model / 16⌉`` (of the block's
+                 ``d_model``, not of ``d_inner = expand · d_model``)
 ===============  ===========================================================================
+
+S6 (the selective SSM) discretises ``A`` by ZOH, ``Ā = exp(Δ A)``, but its input term by
+Euler, ``B̄ u = Δ B u`` (Mamba's simplification, Gu & Dao 2023 §3.5.2): S4D above uses the
+exact ZOH ``B̄ = (Ā − 1) A⁻¹ B``.
 
 S4D (Gu, Gupta, Goel & Ré 2022; "S4D-Lin" initialisation ``A_n = −½ + iπn``) computed three
 ways that must agree: ``mode="recurrence"`` (one step per token), ``"conv"`` (FFT convolution
@@ -22,18 +28,30 @@ or the time-invariant S4D, so the two differ in nothing else.
 from __future__ import annotations
 
 import math
+import time
+import zlib
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .measure import least_median_seconds, peak_bytes
+from .measure import loglog_fit, peak_bytes
+from .stats import Estimate
 from .kernels.scan import (linear_scan_parallel, linear_scan_reference, selective_scan,
                            selective_scan_chunked, selective_scan_parallel)
 
 MODES = ("recurrence", "conv", "scan")
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for the named random ``stream`` of run ``seed`` (training
+    data, evaluation data, ...): different streams of one run never share a generator state,
+    and the same (seed, stream) always gives the same numbers."""
+    state = np.random.SeedSequence([int(seed), zlib.crc32(stream.encode())]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 # ----------------------------------------------------------------------------- S4D
@@ -105,7 +123,10 @@ class SelectiveSSM(nn.Module):
     """S6 (Gu & Dao 2023, Alg. 2): ``Δ, B, C`` are functions of the input token.
 
     ``x: (b, l, d) → y: (b, l, d)``; ``A = −exp(A_log)`` real diagonal (S4D-Real init
-    ``A_n = −(n+1)``), ``Δ = softplus(W_Δ x + b_Δ)``, ``B = W_B x``, ``C = W_C x``.
+    ``A_n = −(n+1)``), ``Δ = softplus(W_Δ x + b_Δ)`` through a rank-``dt_rank`` projection,
+    ``B = W_B x``, ``C = W_C x``; ``h_t = exp(Δ_t A) h_{t−1} + Δ_t B_t x_t`` (ZOH for ``A``,
+    Euler for the input term). ``dt_rank`` defaults to ``⌈d_inner / 16⌉``; :class:`SSMBlock`
+    passes Mamba's ``⌈d_model / 16⌉``.
     """
 
     def __init__(self, d_inner: int, d_state: int = 16, *, step_min: float = 1e-3,
@@ -143,7 +164,7 @@ class SSMBlock(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.in_proj = nn.Linear(d_model, 2 * d_inner)
         self.conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
-        self.ssm = (SelectiveSSM(d_inner, d_state, impl=impl) if selective
+        self.ssm = (SelectiveSSM(d_inner, d_state, impl=impl, dt_rank=math.ceil(d_model / 16)) if selective
                     else S4D(d_inner, 2 * d_state))
         self.out_proj = nn.Linear(d_inner, d_model)
 
@@ -175,6 +196,12 @@ class SequenceModel(nn.Module):
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def max_rel_dev(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max |x − ref| / max |ref|``: a deviation relative to the largest output."""
+    x, ref = x.detach(), ref.detach()
+    return float((x - ref).abs().max() / ref.abs().max())
 
 
 # ----------------------------------------------------------------------------- selective copying
@@ -225,9 +252,11 @@ def train_copying(config: CopyingConfig, *, selective: bool, seed: int = 0, devi
                   impl: str = "auto"):
     """Train a :class:`SequenceModel` on selective copying; return ``(model, losses)``.
 
-    Cross-entropy on the ``n_tokens`` answer positions only; AdamW with a cosine schedule."""
+    Cross-entropy on the ``n_tokens`` answer positions only; AdamW with a cosine schedule.
+    ``seed`` sets the initialisation and the training stream (``stream_seed(seed, "copy/train")``),
+    which never shares a generator with :func:`copying_accuracy`'s evaluation stream."""
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(stream_seed(seed, "copy/train"))
     model = SequenceModel(config.vocab_size, config.d_model, config.d_state, config.n_layers,
                           selective=selective, d_conv=config.d_conv, impl=impl).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
@@ -248,8 +277,10 @@ def train_copying(config: CopyingConfig, *, selective: bool, seed: int = 0, devi
 
 @torch.no_grad()
 def copying_accuracy(model: nn.Module, config: CopyingConfig, *, seed: int, device: str = "cpu") -> float:
-    """Fraction of answer tokens right on ``eval_batch`` fresh sequences (chance: ``1/vocab``)."""
-    g = torch.Generator().manual_seed(seed)
+    """Fraction of answer tokens right on ``eval_batch`` fresh sequences (chance: ``1/vocab``),
+    drawn from the evaluation stream ``stream_seed(seed, "copy/eval")``, independent of the
+    training stream of the same ``seed``."""
+    g = torch.Generator().manual_seed(stream_seed(seed, "copy/eval"))
     tokens, targets = selective_copying(config.eval_batch, n_tokens=config.n_tokens, length=config.length,
                                         vocab=config.vocab, generator=g)
     pred = model(tokens.to(device))[:, config.length:].argmax(-1).cpu()
@@ -314,7 +345,7 @@ def train_delay(task: DelayTask, *, step: float, steps: int, batch: int = 32, lr
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
     for i in range(steps):
-        u, y, mask = (x.to(device) for x in task.sample(batch, step, seed=seed * 100_003 + i + 1))
+        u, y, mask = (x.to(device) for x in task.sample(batch, step, seed=stream_seed(seed, f"delay/train/{i}")))
         loss = ((model(u) - y)[:, mask] ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -327,12 +358,36 @@ def train_delay(task: DelayTask, *, step: float, steps: int, batch: int = 32, lr
 @torch.no_grad()
 def delay_r2(model: DelayNet, task: DelayTask, *, step: float, step_scale: float, seed: int,
              batch: int = 256) -> float:
-    """Coefficient of determination ``R² = 1 − SSE/SST`` on fresh signals sampled at ``step``."""
+    """Coefficient of determination ``R² = 1 − SSE/SST`` on fresh signals sampled at ``step``
+    (the evaluation stream ``stream_seed(seed, "delay/eval")``: the same continuous signals at
+    every ``step``, none of them a training signal)."""
     device = next(model.parameters()).device
-    u, y, mask = (x.to(device) for x in task.sample(batch, step, seed=seed))
+    u, y, mask = (x.to(device) for x in task.sample(batch, step, seed=stream_seed(seed, "delay/eval")))
     err = (model(u, step_scale=step_scale) - y)[:, mask]
     target = y[:, mask]
     return 1.0 - (err ** 2).sum().item() / ((target - target.mean()) ** 2).sum().item()
+
+
+RESAMPLINGS = (("fine", 0.5), ("coarse", 2.0))
+
+
+@torch.no_grad()
+def resampling_r2(model: DelayNet, task: DelayTask, *, step: float, seed: int, resamplings=RESAMPLINGS) -> dict:
+    """``R²`` of a model trained at ``step`` on the evaluation signals of ``seed``: at ``step``
+    ("train"), and for each ``(name, factor)`` at ``factor · step`` with ``Δ`` rescaled by the
+    same factor ("<name>_rescaled") and with ``Δ`` as trained ("<name>_naive")."""
+    r2 = {"train": delay_r2(model, task, step=step, step_scale=1.0, seed=seed)}
+    for name, factor in resamplings:
+        r2[f"{name}_rescaled"] = delay_r2(model, task, step=step * factor, step_scale=factor, seed=seed)
+        r2[f"{name}_naive"] = delay_r2(model, task, step=step * factor, step_scale=1.0, seed=seed)
+    return r2
+
+
+def worst_r2_change(r2: dict, *, rescaled: bool = True, resamplings=RESAMPLINGS) -> float:
+    """``min`` over the resamplings of ``R²(resampled) − R²(trained step)``, with ``Δ`` rescaled
+    (the claim) or kept as trained (its negative control)."""
+    kind = "rescaled" if rescaled else "naive"
+    return min(r2[f"{name}_{kind}"] - r2["train"] for name, _ in resamplings)
 
 
 # ----------------------------------------------------------------------------- attention vs SSM
@@ -389,45 +444,170 @@ def ssm_scan(inputs, *, impl: str = "auto"):
     return selective_scan(*inputs, impl=impl)
 
 
-def scaling_sweep(lengths, *, d_model: int, d_state: int, device: str, dtype=torch.float32,
-                  ssm_impl: str = "auto", min_run_time: float = 0.1, repeats: int = 3,
-                  math_bytes_limit: float = 2**28):
-    """Time (s) and peak memory (bytes) per sequence of causal attention
-    (``scaled_dot_product_attention``; and written out, while its ``(heads, L, L)`` float32
-    scores fit in ``math_bytes_limit``) and of the selective scan, at each length.
+def sdpa_backend(q, k, v) -> str:
+    """The kernel ``scaled_dot_product_attention`` picks for these inputs with a causal mask
+    ("flash", "efficient", "math", ...): flash and memory-efficient never store the
+    ``(L, L)`` scores; "math" writes them out like :func:`causal_attention_math`."""
+    try:
+        choice = torch._fused_sdp_choice(q, k, v, is_causal=True)
+        return torch.nn.attention.SDPBackend(choice).name.lower().removesuffix("_attention")
+    except (AttributeError, RuntimeError, ValueError):  # private API: report, never fail
+        return "unknown"
 
-    Time is the least of ``repeats`` medians (``time_it``), the methods interleaved: load from
-    other processes only ever adds time, so the least is the most faithful reading. The
-    projections are left out of both (the same ``O(L d²)`` GEMMs in each): this is the part
-    that differs, token mixing. Returns a dict of lists, NaN where a method was not run (too
-    large) or ran out of memory."""
-    res = {k: [] for k in ("length", "attention_s", "attention_math_s", "ssm_s",
-                           "attention_bytes", "attention_math_bytes", "ssm_bytes")}
-    nan = float("nan")
-    names = ("attention", "attention_math", "ssm")
-    for length in lengths:
-        res["length"].append(length)
-        q = attention_inputs(length, d_model, device=device, dtype=dtype)
-        s = ssm_inputs(length, d_model, d_state=d_state, device=device, dtype=dtype)
-        runs = {"attention": lambda: causal_attention(*q), "ssm": lambda: ssm_scan(s, impl=ssm_impl)}
-        if (d_model // 64) * length * length * 4 <= math_bytes_limit:
-            runs["attention_math"] = lambda: causal_attention_math(*q)
-        memory = {}
-        with torch.no_grad():
-            for name in list(runs):
-                try:
-                    runs[name]()  # warm-up: compiling and autotuning stay out of the measurement
-                    memory[name] = peak_bytes(runs[name], device=device)
-                except torch.OutOfMemoryError:
-                    del runs[name]
-            seconds = least_median_seconds(runs, device=device, min_run_time=min_run_time, repeats=repeats)
-        for name in names:
-            res[f"{name}_s"].append(seconds[name] if name in runs else nan)
-            res[f"{name}_bytes"].append(memory[name] if name in runs else nan)
-        del q, s, runs
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    return res
+
+# ----------------------------------------------------------------------------- timing and fits
+
+
+def timing_clock(device: str, threads: int):
+    """The clock that times a computation: on a CPU with one intra-op thread, the CPU time of
+    the calling thread (``time.thread_time``: PyTorch then runs every operator on it, and
+    time the thread spends descheduled by other processes is not counted, so a loaded machine
+    does not inflate the reading); otherwise wall time (``time.perf_counter``), which counts
+    all threads and the GPU."""
+    return time.thread_time if device == "cpu" and threads == 1 else time.perf_counter
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved_seconds(fns: dict, *, repeats: int, device: str = "cpu", min_time: float = 0.005,
+                        clock=time.perf_counter) -> dict:
+    """``{name: [seconds per call, one per repeat]}`` for each callable in ``fns``.
+
+    Each reading times ``⌈min_time / t₀⌉`` back-to-back calls (``t₀``: one call after a
+    warm-up), so short calls are not lost in the clock's resolution. The readings are
+    interleaved: every repeat times every callable once, in an order rotated from repeat to
+    repeat, so a burst of load from other processes spreads over all of them instead of one.
+    Load only ever adds time: the least reading is the most faithful, and the spread of the
+    readings is what the intervals built on them report."""
+    if repeats < 1 or min_time <= 0:
+        raise ValueError(f"repeats = {repeats!r}, min_time = {min_time!r}: expected repeats >= 1 and min_time > 0")
+    names = list(fns)
+    calls = {}
+    for name in names:
+        fns[name]()  # warm-up: lazy initialisation, compilation and autotuning stay out
+        _sync(device)
+        t0 = clock()
+        fns[name]()
+        _sync(device)
+        calls[name] = max(1, math.ceil(min_time / max(clock() - t0, 1e-9)))
+    out = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn, n = fns[name], calls[name]
+            _sync(device)
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            _sync(device)
+            out[name].append((clock() - t0) / n)
+    return out
+
+
+def least_ratio(numerator, denominator, *, n_boot: int = 4000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """Ratio of two computations' least readings (interleaved repeats), with the percentile
+    bootstrap of that ratio over the repeats (widened to contain the value).
+
+    The least reading is the one load from other processes inflated least; a burst that hits
+    a few readings moves it little, so two copies of one computation give ≈ 1 with a narrow
+    interval even on a busy machine, while a steadily loaded machine still widens it."""
+    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if a.size < 2 or b.size < 2 or np.any(a <= 0) or np.any(b <= 0):
+        raise ValueError(f"least_ratio needs ≥ 2 positive readings of each, got {a.size} and {b.size}")
+    value = float(a.min() / b.min())
+    rng = np.random.default_rng(seed)
+    ratios = (a[rng.integers(0, a.size, size=(n_boot, a.size))].min(1)
+              / b[rng.integers(0, b.size, size=(n_boot, b.size))].min(1))
+    q = (1 - level) / 2
+    lo, hi = float(np.quantile(ratios, q)), float(np.quantile(ratios, 1 - q))
+    return Estimate(value, min(lo, value), max(hi, value),
+                    f"ratio of least readings, bootstrap over {min(a.size, b.size)} interleaved repeats",
+                    min(a.size, b.size), (), level)
+
+
+def cost_spread(seconds: dict, *, seed: int = 0):
+    """Slowest ÷ fastest of several computations from interleaved readings (``seconds[name]``:
+    seconds per repeat): ``(Estimate, slowest, fastest)``, the two picked by their least
+    reading, the ratio by :func:`least_ratio`. Applied to two copies of one computation it
+    measures only the timing noise (≈ 1)."""
+    if len(seconds) < 2:
+        raise ValueError(f"cost_spread needs at least two computations, got {list(seconds)}")
+    least = {k: min(v) for k, v in seconds.items()}
+    slowest, fastest = max(least, key=least.get), min(least, key=least.get)
+    if slowest == fastest:
+        slowest, fastest = list(seconds)[:2]
+    return least_ratio(seconds[slowest], seconds[fastest], seed=seed), slowest, fastest
+
+
+def fit_points(n: int, *, min_points: int = 3) -> list[int]:
+    """Indices of the longer half of a sweep of ``n`` lengths (at least ``min_points``, or all
+    of them): where fixed per-call overheads no longer hide the growth with length."""
+    return list(range(max(0, min(n // 2, n - min_points)), n))
+
+
+def _finite_points(lengths, values):
+    return [(float(L), float(v)) for L, v in zip(lengths, values) if np.isfinite(v) and v > 0]
+
+
+def upper_fit(lengths, values) -> tuple[float, float] | None:
+    """Power-law fit ``log v = s log L + c`` over the longer half (:func:`fit_points`) of the
+    finite, positive values: ``(s, c)``, or None with fewer than two such points."""
+    pts = _finite_points(lengths, values)
+    pts = [pts[i] for i in fit_points(len(pts))]
+    return loglog_fit(*zip(*pts)) if len(pts) >= 2 else None
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slopes of the rows of ``y`` against ``x`` (log–log already applied)."""
+    xc = x - x.mean()
+    return ((y - y.mean(-1, keepdims=True)) * xc).sum(-1) / (xc ** 2).sum()
+
+
+def time_exponent(lengths, samples, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate | None:
+    """Exponent ``s`` of ``time ∝ L^s`` from interleaved repeats, over the longer half of the
+    lengths that ran (``samples[i]``: the seconds of each repeat at ``lengths[i]``; an empty
+    list or NaNs: not run).
+
+    Value: the least-squares slope through the least reading at each length (load from other
+    processes only adds time, so the least reading is the faithful one). Interval: percentile
+    bootstrap of that slope, the repeats resampled at each length independently (widened to
+    contain the value): it is as wide as the least readings are unstable, so a loaded machine
+    gives a wide interval. None with fewer than two lengths or two repeats."""
+    rows = [(L, np.asarray(s, dtype=float)) for L, s in zip(lengths, samples)
+            if len(s) and np.all(np.isfinite(s)) and np.all(np.asarray(s) > 0)]
+    rows = [rows[i] for i in fit_points(len(rows))]
+    if len(rows) < 2 or min(r.size for _, r in rows) < 2:
+        return None
+    x = np.log([L for L, _ in rows])
+    value = float(_slope(x, np.log([r.min() for _, r in rows])))
+    rng = np.random.default_rng(seed)
+    boot = np.stack([r[rng.integers(0, r.size, size=(n_boot, r.size))].min(axis=1) for _, r in rows], -1)
+    slopes = _slope(x, np.log(boot))
+    q = (1 - level) / 2
+    lo, hi = (float(np.quantile(slopes, a)) for a in (q, 1 - q))
+    return Estimate(value, min(lo, value), max(hi, value),
+                    f"log-log slope of least times over L = {int(rows[0][0])}…{int(rows[-1][0])}, bootstrap over "
+                    f"{min(r.size for _, r in rows)} interleaved repeats", len(rows), (), level)
+
+
+def memory_exponent(lengths, values) -> Estimate | None:
+    """Exponent ``s`` of ``bytes ∝ L^s`` for deterministic byte counts, over the longer half of
+    the finite values: the least-squares slope, with the interval ``[min, max]`` of the local
+    slopes between successive lengths there (how far the counts are from one power law: the
+    count has no sampling noise, only this misfit). None with fewer than two points."""
+    pts = _finite_points(lengths, values)
+    pts = [pts[i] for i in fit_points(len(pts))]
+    if len(pts) < 2:
+        return None
+    x, y = np.log(np.array(pts)).T
+    value = float(_slope(x, y))
+    local = np.diff(y) / np.diff(x)
+    return Estimate(value, min(value, float(local.min())), max(value, float(local.max())),
+                    f"log-log slope of exact byte counts over L = {int(pts[0][0])}…{int(pts[-1][0])}; "
+                    "interval: range of the local slopes", len(pts))
 
 
 def crossover_length(lengths, quadratic, linear):
@@ -447,3 +627,152 @@ def fitted_crossover(fit_a: tuple[float, float], fit_b: tuple[float, float]) -> 
     if sa == sb:
         return None
     return float(math.exp((cb - ca) / (sa - sb)))
+
+
+def crossover(lengths, attention, scan, *, seed: int = 0) -> dict:
+    """Where the scan becomes faster than attention, from interleaved repeats (``attention[i]``,
+    ``scan[i]``: seconds of each repeat at ``lengths[i]``; lengths where either did not run
+    are skipped).
+
+    ``ratio_longest`` / ``ratio_shortest``: attention ÷ scan time at the longest / shortest
+    length (:func:`dynbook.stats.timing_ratio`, an interval over the repeats); a crossover is
+    *measured* when the first is above 1 and the second below. ``measured``: the first length
+    from which attention's least time stays above the scan's (None if none). ``fitted``: where
+    the power laws fitted to the longer half meet: an extrapolation, reported, never decisive.
+    ``text``: one sentence for the prose."""
+    from .stats import timing_ratio
+
+    rows = [(L, a, s) for L, a, s in zip(lengths, attention, scan) if len(a) >= 2 and len(s) >= 2
+            and np.all(np.isfinite(a)) and np.all(np.isfinite(s))]
+    if len(rows) < 2:
+        raise ValueError(f"crossover needs both methods at two lengths or more with ≥ 2 repeats, got {len(rows)}")
+    L = [r[0] for r in rows]
+    least_a = [min(r[1]) for r in rows]
+    least_s = [min(r[2]) for r in rows]
+    measured = crossover_length(L, least_a, least_s)
+    fa, fs = upper_fit(L, least_a), upper_fit(L, least_s)
+    fitted = fitted_crossover(fa, fs) if fa and fs else None
+    if measured is not None:
+        text = f"from L = {measured} on (measured)"
+    elif fitted is not None and fa[0] > fs[0] and fitted > L[-1]:
+        text = (f"nowhere within the sweep (L ≤ {L[-1]}); the fitted power laws would cross at L ≈ {fitted:.3g}, "
+                "an extrapolation that decides nothing")
+    else:
+        text = f"nowhere within the sweep (L ≤ {L[-1]})"
+    return {"lengths": L, "measured": measured, "fitted": fitted, "text": text,
+            "ratio_longest": timing_ratio(rows[-1][1], rows[-1][2], seed=seed),
+            "ratio_shortest": timing_ratio(rows[0][1], rows[0][2], seed=seed)}
+
+
+# ----------------------------------------------------------------------------- attention vs SSM sweep
+
+SWEEP_METHODS = ("attention", "attention_math", "ssm")
+
+
+def scaling_sweep(lengths, *, d_model: int, d_state: int, device: str, dtype=torch.float32,
+                  ssm_impl: str = "auto", repeats: int = 5, min_time: float = 0.005,
+                  math_bytes_limit: float = 2**28, clock=time.perf_counter):
+    """Seconds and peak memory per sequence of causal attention, fused
+    (``scaled_dot_product_attention``: "attention") and written out with its ``(heads, L, L)``
+    scores ("attention_math", only while the float32 scores fit in ``math_bytes_limit``), and
+    of the selective scan ("ssm"), at each length.
+
+    Time: :func:`interleaved_seconds` over every (method, length) at once, ``repeats``
+    readings each, read from ``clock`` (see :func:`timing_clock`). Memory: :func:`dynbook.measure.peak_bytes`, once (the CUDA allocator's
+    peak on a GPU; on a CPU the tensors ATen operators materialise, blind to a fused
+    kernel's internal scratch). The projections are left out of both (the same ``O(L d²)``
+    GEMMs in each): this is the part that differs, token mixing. Returns ``{"length": [...],
+    "seconds": {method: [[s per repeat] per length]}, "bytes": {method: [bytes per length]},
+    "sdpa_backend": [...]}``, with ``[]`` / NaN where a method was not run (too large, or out
+    of memory)."""
+    nan = float("nan")
+    res = {"length": list(lengths), "seconds": {m: [] for m in SWEEP_METHODS},
+           "bytes": {m: [] for m in SWEEP_METHODS}, "sdpa_backend": []}
+    runs = {}
+    for length in lengths:
+        q = attention_inputs(length, d_model, device=device, dtype=dtype)
+        s = ssm_inputs(length, d_model, d_state=d_state, device=device, dtype=dtype)
+        res["sdpa_backend"].append(sdpa_backend(*q))
+        fns = {"attention": partial(causal_attention, *q), "ssm": partial(ssm_scan, s, impl=ssm_impl)}
+        if (d_model // 64) * length * length * 4 <= math_bytes_limit:
+            fns["attention_math"] = partial(causal_attention_math, *q)
+        with torch.no_grad():
+            for m in SWEEP_METHODS:
+                try:
+                    if m in fns:
+                        fns[m]()  # warm-up: compiling and autotuning stay out of the count
+                        res["bytes"][m].append(float(peak_bytes(fns[m], device=device)))
+                        runs[(m, length)] = fns[m]
+                        continue
+                except torch.OutOfMemoryError:
+                    pass
+                res["bytes"][m].append(nan)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    with torch.no_grad():
+        seconds = interleaved_seconds(runs, repeats=repeats, device=device, min_time=min_time, clock=clock)
+    for m in SWEEP_METHODS:
+        res["seconds"][m] = [seconds.get((m, L), []) for L in lengths]
+    return res
+
+
+# ----------------------------------------------------------------------------- kernel speed, energy
+
+
+def scan_speed(b: int, l: int, d: int, n: int, *, device: str = "cuda", dtype=torch.float32,
+               impls=("triton", "parallel", "torch"), repeats: int = 5, min_time: float = 0.05,
+               seed: int = 0) -> dict:
+    """Interleaved seconds per call (:func:`interleaved_seconds`) of the selective scan on one
+    ``(b, l, d, n)`` input as the Triton kernel ("triton"), the PyTorch parallel scan
+    ("parallel") and the sequential PyTorch loop ("torch"), and of a device copy that reads
+    and writes the bytes the scan must move once ("copy": ``bytes / 2`` copied). ``bytes``:
+    :func:`dynbook.kernels.scan.selective_scan_bytes`. ``"triton_again"`` in ``impls`` times
+    the kernel a second time, as if it were another implementation (the negative control of a
+    speed-up: the ratio of two copies of one computation is ≈ 1)."""
+    from .kernels import scan as _scan
+
+    args = _scan.selective_scan_inputs(b, l, d, n, dtype=dtype, device=device, seed=seed)
+    nbytes = _scan.selective_scan_bytes(b, l, d, n, torch.empty((), dtype=dtype).element_size())
+    src = torch.empty(max(1, nbytes // 8), dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    every = {"triton": partial(selective_scan, *args, impl="triton"),
+             "parallel": partial(selective_scan_parallel, *args),
+             "torch": partial(_scan.selective_scan_reference, *args),
+             "copy": partial(dst.copy_, src)}
+    every["triton_again"] = partial(selective_scan, *args, impl="triton")  # a second copy: timing noise only
+    unknown = set(impls) - set(every)
+    if unknown:
+        raise ValueError(f"impls {sorted(unknown)} are not allowed: expected some of {sorted(every)}")
+    with torch.no_grad():
+        seconds = interleaved_seconds({k: every[k] for k in (*impls, "copy")}, repeats=repeats, device=device,
+                                      min_time=min_time)
+    return {"seconds": seconds, "bytes": nbytes, "copy_bytes": 2 * src.numel() * 4,
+            "shape": {"b": b, "l": l, "d": d, "n": n}, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def energy_per_token(meter, fns: dict, *, tokens: int, readings: int = 3, min_seconds: float = 1.0,
+                     device: str = "cpu") -> dict:
+    """``{name: [picojoules per token, net of idle power] × readings}`` from ``meter``
+    (:class:`dynbook.energy.EnergyMeter`), the callables interleaved; each reading runs a
+    callable back to back for ≥ ``min_seconds`` (energy counters tick in ms or coarser).
+    ``None`` entries where the meter gave no net reading."""
+    if readings < 1 or tokens < 1:
+        raise ValueError(f"readings = {readings!r}, tokens = {tokens!r}: expected both >= 1")
+    calls = {}
+    for name, fn in fns.items():
+        fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        calls[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-9)))
+    out = {name: [] for name in fns}
+    for r in range(readings):
+        names = list(fns)
+        names = names[r % len(names):] + names[:r % len(names)]
+        for name in names:
+            with meter:
+                for _ in range(calls[name]):
+                    fns[name]()
+            out[name].append(meter.reading.per(calls[name] * tokens))
+    return out
