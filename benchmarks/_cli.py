@@ -43,3 +43,48 @@ def write(result: dict, name: str, args: argparse.Namespace, hardware: dict) -> 
     path = folder / f"bench_{name}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     return path
+
+
+class Recorder:
+    """A result dict that is written to ``bench_<name>.json`` every time a value is set, so a
+    run cut short by a time limit keeps everything it measured."""
+
+    def __init__(self, name: str, args: argparse.Namespace, hw: dict, **header):
+        self.name, self.args, self.hardware = name, args, hw
+        self.result = dict(header)
+        self.path = write(self.result, name, args, hw)
+
+    def set(self, key: str, value) -> None:
+        """``result[key] = value`` (``key`` may be dotted: ``"selective.float32"``), then write."""
+        *parents, leaf = key.split(".")
+        d = self.result
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = value
+        self.path = write(self.result, self.name, self.args, self.hardware)
+
+    def get(self, key: str, default=None):
+        d = self.result
+        for p in key.split("."):
+            if not isinstance(d, dict) or p not in d:
+                return default
+            d = d[p]
+        return d
+
+
+def gpu_name_key(hardware: dict) -> str | None:
+    """The roofline's name (H100, H200, A100, T4) of the GPU in ``hardware``, if it is one."""
+    name = str(hardware.get("gpu") or "")
+    for key in ("H200", "H100", "A100", "T4"):
+        if key in name:
+            return key
+    return None
+
+
+def kernel_seconds(fn, device: str) -> float | None:
+    """Kernel-only median seconds of ``fn`` by ``triton.testing.do_bench`` (CUDA only)."""
+    if device != "cuda":
+        return None
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3

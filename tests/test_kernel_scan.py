@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dynbook.kernels import linear_scan, resolve_impl, selective_scan, triton_available
-from dynbook.kernels.scan import (linear_scan_parallel, linear_scan_reference,
+from dynbook.kernels.scan import (LINEAR_SCAN_CONFIGS, linear_scan_parallel, linear_scan_reference,
                                   selective_scan_bytes, selective_scan_parallel,
                                   selective_scan_reference)
 
@@ -172,7 +172,7 @@ def test_selective_reference_and_parallel(shape):
 
 @needs_triton
 @pytest.mark.parametrize("shape,blocks,with_D", [((1, 1, 1, 1), None, True), ((2, 37, 5, 3), None, True),
-                                                 ((2, 50, 19, 17), (16, 8), False),
+                                                 ((2, 50, 19, 17), (64, 32), False),
                                                  ((1, 33, 4, 16), (8, 4), True)])
 def test_triton_selective_scan_float64(shape, blocks, with_D):
     args = _selective_inputs(*shape, seed=len(shape) + shape[1], with_D=with_D)
@@ -280,3 +280,129 @@ def test_selective_chunked_gradients_and_errors():
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
     with pytest.raises(ValueError, match="chunk = 0"):
         selective_scan_chunked(*args, chunk=0)
+
+
+# ----------------------------------------------------------------------------- linear_scan backward
+
+
+def _adjoint64(a, b, g):
+    """float64 adjoint of h_t = a_t h_{t−1} + b_t by the plainest loop, independent of the
+    module: λ_t = g_t + a_{t+1} λ_{t+1}; ∂L/∂b_t = λ_t; ∂L/∂a_t = λ_t h_{t−1}."""
+    a, b, g = a.double().cpu(), b.double().cpu(), g.double().cpu()
+    h = _loop64(a, b)
+    lam = torch.zeros_like(b)
+    nxt = torch.zeros(b.shape[:-1], dtype=torch.float64)
+    for t in reversed(range(b.shape[-1])):
+        a_next = a[..., t + 1] if t + 1 < b.shape[-1] else torch.ones_like(nxt)
+        nxt = g[..., t] + a_next * nxt
+        lam[..., t] = nxt
+    h_prev = torch.cat([torch.zeros_like(h[..., :1]), h[..., :-1]], -1)
+    return lam * h_prev, lam
+
+
+_SMALL_TILES = [((1,), (1, 4)), ((3, 1), (2, 8)), ((5, 13), (4, 16)), ((2, 3, 129), (1, 64)),
+                ((2, 3, 129), (4, 16)), ((5, 13), (1, 4))]
+_TUNED_TILES = [((2, 2, 37), c[:2]) for c in LINEAR_SCAN_CONFIGS]  # the autotuner's choices
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,config", _SMALL_TILES + _TUNED_TILES, ids=str)
+def test_triton_linear_scan_backward_reversed_index(shape, config):
+    """The backward walks the sequence from its end by reversing the index (no
+    ``associative_scan(reverse=True)``): float64 forward and gradients at every forced
+    (BLOCK_R, BLOCK_L) — the autotuner's list included — and lengths that leave partial chunks."""
+    a, b = _ab(shape, seed=sum(shape) + config[1])
+    g = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(len(shape))).to(DEV)
+    a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    h = linear_scan(a_, b_, impl="triton", _block_l=config)
+    h.backward(g)
+    torch.testing.assert_close(h.detach().cpu(), _loop64(a, b), rtol=1e-12, atol=1e-12)
+    da, db = _adjoint64(a, b, g)
+    torch.testing.assert_close(a_.grad.cpu(), da, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(b_.grad.cpu(), db, rtol=1e-11, atol=1e-11)
+
+
+def test_linear_scan_kernel_has_no_reverse_associative_scan():
+    """triton#4362: a reverse associative_scan with a non-commutative combine miscompiles;
+    the kernels must not use it (the interpreter would not notice)."""
+    import ast
+    import inspect
+
+    from dynbook.kernels import scan
+
+    for node in ast.walk(ast.parse(inspect.getsource(scan))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "associative_scan":
+            assert not any(k.arg == "reverse" for k in node.keywords), ast.unparse(node)
+
+
+# ----------------------------------------------------------------------------- selective_scan redesign
+
+
+def _grads64(args, g, fn):
+    xs = [None if x is None else x.clone().requires_grad_(True) for x in args]
+    y = fn(*xs)
+    y.backward(g)
+    return y.detach(), [None if x is None else x.grad for x in xs]
+
+
+@needs_triton
+@pytest.mark.parametrize("config", list(__import__("dynbook.kernels.scan", fromlist=["x"]).SSM_FWD_CONFIGS),
+                         ids=str)
+def test_triton_selective_scan_every_autotune_config(config):
+    """Every configuration the forward's autotuner may choose, float64, partial chunks and
+    partial channel blocks."""
+    args = _selective_inputs(1, 37, 5, 3, seed=config[0] + config[1])
+    got = selective_scan(*args, impl="triton", _blocks=config)
+    torch.testing.assert_close(got.cpu(), _selective_loop64(*args), rtol=1e-11, atol=1e-11)
+
+
+@needs_triton
+@pytest.mark.parametrize("config", list(__import__("dynbook.kernels.scan", fromlist=["x"]).SSM_BWD_CONFIGS),
+                         ids=str)
+def test_triton_selective_scan_fused_backward_every_config(config):
+    """The fused backward (recomputing inside each chunk from the saved chunk-start states)
+    at every configuration ssm_backward_config can return: all six gradients in float64
+    against autograd through the sequential reference; l spans several chunks."""
+    # two chunks (the second partial); two channel blocks (the second partial) and two batches
+    # only for the smallest channel block, where ∂B, ∂C are summed over blocks (cheap in the interpreter)
+    l = config[0] + 5
+    b, d = (2, config[1] + 3) if config[1] == 8 else (1, 5)
+    args = _selective_inputs(b, l, d, 2, seed=config[0] + config[1], with_D=config[1] != 16)
+    g = torch.randn(b, l, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(DEV)
+    y_ref, want = _grads64(args, g, selective_scan_reference)
+    y, got = _grads64(args, g, lambda *xs: selective_scan(*xs, impl="triton", _blocks=config))
+    torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
+    for name, w, gt in zip("u delta A B C D".split(), want, got):
+        if w is None:
+            assert gt is None
+            continue
+        torch.testing.assert_close(gt, w, rtol=1e-10, atol=1e-10, msg=lambda m: f"d{name}: {m}")
+
+
+@needs_triton
+def test_triton_selective_scan_large_state_loops_over_n():
+    """n = 64 runs in a loop over states (registers do not grow with n), its backward through the
+    chunked PyTorch scan (n > SSM_BWD_MAX_N); n > MAX_N is refused by impl='triton' with a clear
+    error."""
+    from dynbook.kernels.scan import MAX_N
+
+    args = _selective_inputs(1, 9, 2, 64, seed=4)
+    g = torch.randn(1, 9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(DEV)
+    y_ref, want = _grads64(args, g, selective_scan_reference)
+    y, got = _grads64(args, g, lambda *xs: selective_scan(*xs, impl="triton", _blocks=(8, 2)))
+    torch.testing.assert_close(y.cpu(), _selective_loop64(*args), rtol=1e-11, atol=1e-11)
+    for w, gt in zip(want, got):
+        torch.testing.assert_close(gt, w, rtol=1e-10, atol=1e-10)
+    big = _selective_inputs(1, 3, 2, MAX_N + 1, seed=5)
+    with pytest.raises(ValueError, match=rf"n = {MAX_N + 1} is outside the Triton kernel's range"):
+        selective_scan(*big, impl="triton")
+
+
+def test_selective_scan_saved_memory_is_per_chunk():
+    """What the fused backward keeps: the chunk-start states, b·⌈l/BLOCK_L⌉·n·d values, not
+    (b, l, d, n) tensors (the headline shape keeps 67 MB in float32 instead of ~13 GB)."""
+    from dynbook.kernels.scan import ssm_backward_config
+
+    bl, bd, w = ssm_backward_config(4096, 1024)
+    states = 8 * (4096 // bl) * 16 * 1024 * 4
+    assert (bl, bd, w) == (32, 32, 8) and states <= 70e6

@@ -248,6 +248,25 @@ def pick_config(batch: int, d: int, h: int, *, n_sm: int = 132) -> dict:
     return {"rows": rows, "block_d": block_d, "block_h": block_h, "num_warps": num_warps}
 
 
+def backward_config(config: dict) -> dict:
+    """The backward kernel's configuration for a forward launched at ``config``.
+
+    The backward holds about three times the forward's live tiles (the stage inputs, the
+    adjoint and four weight-gradient accumulators). At the forward's warps it runs out of
+    registers and spills (rows = 16, 4 warps: 255 registers and 52 B spilled, as the issue
+    found); compiled for sm_90 every choosable tile fits without spills at 8 warps (see
+    ``dynbook.kernels.static``), so the backward always takes 8 warps and at most
+    ``_BWD_TILE_BUDGET`` elements of the (rows, BLOCK_D, BLOCK_H) product per program."""
+    rows = config["rows"]
+    while rows > 1 and rows * config["block_d"] * config["block_h"] > _BWD_TILE_BUDGET:
+        rows //= 2
+    return {**config, "rows": rows, "num_warps": 8}
+
+
+#: Elements of the (rows, BLOCK_D, BLOCK_H) product one backward program may hold.
+_BWD_TILE_BUDGET = 4096
+
+
 def _kernel(name: str, device: torch.device):
     """The Triton kernel ``name`` for tensors on ``device`` (interpreted on a CPU)."""
     return _KERNELS.get(name, device)
@@ -289,6 +308,7 @@ def _launch_backward(traj, gout, w1, b1, w2, b2, dt: float, n_steps: int, config
     """Run the backward kernel; returns gradients for ``y0, w1, b1, w2, b2``."""
     batch, d = gout.shape
     h = w1.shape[1]
+    config = backward_config(config)
     rows, bd, bh = config["rows"], config["block_d"], config["block_h"]
     n_blocks = triton.cdiv(batch, rows)
     # enough programs to fill the GPU; each loops over several row blocks, so the partial
@@ -423,3 +443,40 @@ def _check_config(config: dict, d: int, h: int) -> dict:
         raise ValueError(f"config block_d={cfg['block_d']}, block_h={cfg['block_h']} must cover "
                          f"d={d}, h={h}")
     return cfg
+
+
+# ----------------------------------------------------------------------------- static evidence
+
+
+def choosable_configs() -> list[dict]:
+    """Every launch configuration :func:`pick_config` can return for the Triton range
+    (1 ≤ d ≤ 16, 1 ≤ h ≤ 256, any batch, any SM count): compiled by ``dynbook.kernels.static``."""
+    seen = {}
+    for d in (2, 4, 8, 16):
+        for h in (16, 32, 64, 128, 256):
+            for batch in (1 << k for k in range(0, 24)):
+                cfg = pick_config(batch, d, h)
+                seen[tuple(sorted(cfg.items()))] = cfg
+    return list(seen.values())
+
+
+def static_launches(config: dict) -> list:
+    """The forward (with and without the trajectory store) and backward kernels at ``config``,
+    as :class:`dynbook.kernels.static.Launch` (instruction counts per trip of the step loop)."""
+    from .static import Launch
+
+    cc = {"ROWS": config["rows"], "BLOCK_D": config["block_d"], "BLOCK_H": config["block_h"]}
+    ptrs = lambda *names: {k: "*fp32" for k in names}  # noqa: E731
+    ints = {"batch": "i32", "d": "i32", "h": "i32", "n_steps": "i32", "dt": "fp32"}
+    const = {k: "constexpr" for k in ("ROWS", "BLOCK_D", "BLOCK_H")}
+    fwd_sig = {**ptrs("y0_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "out_ptr", "traj_ptr"), **ints, **const,
+               "STORE_TRAJ": "constexpr"}
+    bwd_sig = {**ptrs("traj_ptr", "gout_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "gy0_ptr", "gw1_ptr",
+                      "gb1_ptr", "gw2t_ptr", "gb2_ptr"), **ints, "n_blocks": "i32", **const}
+    bcfg = backward_config(config)
+    bcc = {"ROWS": bcfg["rows"], "BLOCK_D": bcfg["block_d"], "BLOCK_H": bcfg["block_h"]}
+    out = [Launch("_rk4_mlp_fwd_kernel", "rk4", {**cc, "STORE_TRAJ": st}, fwd_sig, {**cc, "STORE_TRAJ": st},
+                  config["num_warps"], elements=1, meta={"per": "step"}) for st in (False, True)]
+    out.append(Launch("_rk4_mlp_bwd_kernel", "rk4", dict(bcc), bwd_sig, dict(bcc), bcfg["num_warps"], elements=1,
+                      meta={"per": "step", "forward_config": dict(config)}))
+    return out

@@ -27,12 +27,22 @@ prefix-scan algorithm computes all ``h_t`` in ``O(log l)`` depth. The Triton ker
 ``tl.associative_scan`` over chunks of ``BLOCK_L`` steps and carry the state from chunk to
 chunk inside one program, so any ``l`` works and every input is read once.
 
+``selective_scan``'s forward is laid out as Mamba's CUDA kernel is: a chunk is a
+``(RUN, PAR, BLOCK_D)`` tile whose RUN consecutive tokens of one channel sit in one thread's
+registers, so the scan along a run needs no shuffles; only the PAR run totals are scanned across
+threads. It loops over the ``n`` states (registers do not grow with ``n``; ``n ≤ MAX_N``) and
+uses ``exp2`` of ``Δ · A log₂e``: one MUFU instruction per (token, channel, state). Compiled
+for sm_90 it needs 1 exp and ~1.5 shuffles per element (``dynbook.kernels.static``).
+
 Gradients: ``linear_scan``'s backward is itself a reversed linear scan,
 ``λ_t = g_t + a_{t+1} λ_{t+1}``, ``∂L/∂b_t = λ_t``, ``∂L/∂a_t = λ_t h_{t−1}``, computed by the
-same Triton kernel run in reverse (fused with the ``λ h_{t−1}`` product). ``selective_scan``'s
-Triton backward *recomputes* the forward through the pure-PyTorch parallel scan in float32 and
-differentiates that with autograd: correct, but it materialises ``(b, l, d, n)`` tensors; a
-fused backward kernel (as in Mamba's CUDA code) is future work.
+same Triton kernel run on reversed indices (fused with the ``λ h_{t−1}`` product): it loads
+the sequence from its end and scans forward, never ``associative_scan(reverse=True)``
+(triton#4362). ``selective_scan``'s backward is a fused kernel too: the forward saves the state
+at each chunk start (``b·⌈l/BLOCK_L⌉·n·d`` values), and the backward walks the chunks from the
+end, recomputing ``h`` inside each chunk and running the adjoint recurrence with forward scans
+over reversed indices; no ``(b, l, d, n)`` tensor is materialised. For ``n > SSM_BWD_MAX_N``
+(where every backward tile spills) it recomputes through :func:`selective_scan_chunked`.
 """
 
 from __future__ import annotations
@@ -284,6 +294,21 @@ def selective_scan_flops(b: int, l: int, d: int, n: int) -> int:
 
 # ----------------------------------------------------------------------------- Triton
 
+#: Every launch configuration the autotuner may choose, (BLOCK_R, BLOCK_L, num_warps): the
+#: tests run each in the interpreter and ``dynbook.kernels.static`` compiles each for sm_90/80/75.
+LINEAR_SCAN_CONFIGS = ((1, 1024, 4), (2, 1024, 4), (4, 512, 4), (8, 256, 4), (4, 1024, 8),
+                       (16, 256, 8), (2, 2048, 8))  # (32, 128, 4) spilled in the backward
+#: (BLOCK_L, BLOCK_D, num_warps) of the redesigned selective-scan forward (the autotuner's list).
+SSM_FWD_CONFIGS = ((128, 32, 4), (64, 32, 2), (128, 16, 2), (256, 32, 8))
+#: The forward's configurations for 16 < n ≤ MAX_N or 16-bit inputs: 16 elements per thread,
+#: since the larger tiles spill there.
+SSM_FWD_CONFIGS_SMALL = ((64, 32, 4), (128, 32, 8), (128, 16, 4))
+#: Tokens of one channel that one thread scans in registers (Mamba's items per thread).
+SSM_RUN = 8
+#: Largest state size the Triton selective scan takes: its carried states live in registers, and
+#: beyond 64 every configuration spills (see dynbook.kernels.static).
+MAX_N = 64
+
 
 if triton is not None:
 
@@ -318,88 +343,227 @@ if triton is not None:
         carry = tl.full([BLOCK_R], 0.0, ACC)
         n_chunks = (L + BLOCK_L - 1) // BLOCK_L
         shift = 1 if REVERSE else 0
-        edge = 0 if REVERSE else BLOCK_L - 1  # the chunk's last step in scan order
         for i in range(0, n_chunks):
-            c = n_chunks - 1 - i if REVERSE else i
-            cols = c * BLOCK_L + local
+            # The backward walks the sequence from its end by reversing the *index*, so the
+            # scan itself always runs forward: tl.associative_scan(..., reverse=True) with a
+            # non-commutative combine is miscompiled by some Triton versions (triton#4362).
+            if REVERSE:
+                cols = L - 1 - (i * BLOCK_L + local)  # local step j is time L−1−(i·BLOCK_L+j)
+            else:
+                cols = i * BLOCK_L + local
             offs = rows[:, None].to(tl.int64) * L + cols[None, :]
-            ok = row_ok[:, None] & (cols[None, :] < L)
-            # padding is the identity step (a = 1, b = 0); the backward reads a one step ahead
-            ok_a = row_ok[:, None] & (cols[None, :] + shift < L)
+            ok = row_ok[:, None] & (cols[None, :] >= 0) & (cols[None, :] < L)
+            # padding is the identity step (a = 1, b = 0), placed after the last real step in
+            # scan order; the backward reads a one step ahead (a_{t+1}, and a_L = 1)
+            ok_a = row_ok[:, None] & (cols[None, :] >= 0) & (cols[None, :] + shift < L)
             a = tl.load(A + offs + shift, mask=ok_a, other=1.0).to(ACC)
             x = tl.load(X + offs, mask=ok, other=0.0).to(ACC)
-            a_cum, x_cum = tl.associative_scan((a, x), 1, _combine, reverse=REVERSE)
+            a_cum, x_cum = tl.associative_scan((a, x), 1, _combine)
             h = a_cum * carry[:, None] + x_cum
             tl.store(H + offs, h.to(H.dtype.element_ty), mask=ok)
             if REVERSE:
                 ok_prev = ok & (cols[None, :] >= 1)
                 h_prev = tl.load(HPREV + offs - 1, mask=ok_prev, other=0.0).to(ACC)
                 tl.store(DA + offs, (h * h_prev).to(DA.dtype.element_ty), mask=ok)
-            carry = _sum(tl.where(local[None, :] == edge, h, 0.0), 1)
+            carry = _sum(tl.where(local[None, :] == BLOCK_L - 1, h, 0.0), 1)
 
     @triton.jit
-    def _selective_scan_fwd_kernel(U, DELTA, A, B, C, D, Y, L, DIM, N, HAS_D: tl.constexpr,
-                                   BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-                                   BLOCK_N: tl.constexpr, ACC: tl.constexpr):
-        """One program per (batch, block of BLOCK_D channels); loops over chunks of BLOCK_L
-        tokens carrying the state ``h: (BLOCK_D, BLOCK_N)`` in registers. Contiguous
-        ``u, Δ, y: (b, L, DIM)``, ``B, C: (b, L, N)``, ``A: (DIM, N)``, ``D: (DIM,)``."""
+    def _ssm_fwd_kernel(U, DELTA, A2, B, C, D, Y, HS, L, DIM, N, N_CHUNKS, HAS_D: tl.constexpr,
+                        STORE_STATES: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_N: tl.constexpr, RUN: tl.constexpr, ACC: tl.constexpr):
+        """One program per (batch, block of BLOCK_D channels), walking the sequence in chunks of
+        BLOCK_L = RUN · PAR tokens held as a ``(RUN, PAR, BLOCK_D)`` tile: channels across lanes
+        (``d`` is contiguous in memory), PAR runs across lanes and warps, and the RUN consecutive
+        tokens of a run in one thread's registers (Mamba's "a thread owns a run of tokens").
+
+        For each state ``n`` (a loop: registers do not grow with ``n``): ``Ā = exp2(Δ · A log₂e)``
+        (one MUFU op), ``B̄u = Δ u B_n``; a scan along each run inside the thread; a scan of the
+        PAR run totals across threads; each run started from the state its predecessor left
+        (the chunk's first from the carried state); ``y += C_n h``. The state at each chunk's
+        start lives in ``carry: (BLOCK_N, BLOCK_D)`` and, when STORE_STATES, is written to
+        ``HS: (b, N_CHUNKS, N, DIM)`` for the backward."""
+        PAR: tl.constexpr = BLOCK_L // RUN
         pid_b = tl.program_id(0)
         pid_d = tl.program_id(1)
         ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         ns = tl.arange(0, BLOCK_N)
-        local = tl.arange(0, BLOCK_L)
+        r = tl.arange(0, RUN)
+        p = tl.arange(0, PAR)
         d_ok = ds < DIM
-        n_ok = ns < N
-        # padded channels/states get A = 0 and B = 0, so their state stays exactly 0
-        A_dn = tl.load(A + ds[:, None] * N + ns[None, :], mask=d_ok[:, None] & n_ok[None, :],
-                       other=0.0).to(ACC)
         if HAS_D:
             D_d = tl.load(D + ds, mask=d_ok, other=0.0).to(ACC)
-        h = tl.full([BLOCK_D, BLOCK_N], 0.0, ACC)
+        carry = tl.full([BLOCK_N, BLOCK_D], 0.0, ACC)
         base = pid_b.to(tl.int64) * L
-        for c in range(0, (L + BLOCK_L - 1) // BLOCK_L):
-            ts = c * BLOCK_L + local
+        hs_base = pid_b.to(tl.int64) * N_CHUNKS * N
+        within = r[:, None] + p[None, :] * RUN  # (RUN, PAR): token within the chunk
+        prev = tl.maximum(p - 1, 0)[:, None] + 0 * ds[None, :]  # the run before each run
+        last = r[:, None, None] == RUN - 1
+        for c in range(0, (L + BLOCK_L - 1) // BLOCK_L):  # N_CHUNKS only indexes HS
+            ts = c * BLOCK_L + within
             t_ok = ts < L
-            tok = (base + ts)[:, None]
-            m_ld = t_ok[:, None] & d_ok[None, :]
-            m_ln = t_ok[:, None] & n_ok[None, :]
-            u = tl.load(U + tok * DIM + ds[None, :], mask=m_ld, other=0.0).to(ACC)
-            dt = tl.load(DELTA + tok * DIM + ds[None, :], mask=m_ld, other=0.0).to(ACC)
-            Bt = tl.load(B + tok * N + ns[None, :], mask=m_ln, other=0.0).to(ACC)
-            Ct = tl.load(C + tok * N + ns[None, :], mask=m_ln, other=0.0).to(ACC)
-            # padded tokens: Δ = 0 → Ā = 1 and B̄u = 0, the identity step
-            dA = tl.exp(dt[:, :, None] * A_dn[None, :, :])  # (BLOCK_L, BLOCK_D, BLOCK_N)
-            dBu = (dt * u)[:, :, None] * Bt[:, None, :]
-            a_cum, b_cum = tl.associative_scan((dA, dBu), 0, _combine)
-            hs = a_cum * h[None, :, :] + b_cum
-            y = _sum(hs * Ct[:, None, :], 2)
+            tok = base + ts
+            m = t_ok[:, :, None] & d_ok[None, None, :]
+            off = tok[:, :, None] * DIM + ds[None, None, :]
+            u = tl.load(U + off, mask=m, other=0.0).to(ACC)
+            # padded tokens and channels: Δ = 0 → Ā = 1 and B̄u = 0, the identity step
+            dt = tl.load(DELTA + off, mask=m, other=0.0).to(ACC)
+            dtu = dt * u
+            if STORE_STATES:
+                hs_off = (hs_base + c * N + ns[:, None]) * DIM + ds[None, :]
+                tl.store(HS + hs_off, carry, mask=(ns[:, None] < N) & d_ok[None, :])
             if HAS_D:
-                y += D_d[None, :] * u
-            tl.store(Y + tok * DIM + ds[None, :], y.to(Y.dtype.element_ty), mask=m_ld)
-            h = _sum(tl.where(local[:, None, None] == BLOCK_L - 1, hs, 0.0), 0)
+                y = D_d[None, None, :] * u
+            else:
+                y = tl.full([RUN, PAR, BLOCK_D], 0.0, ACC)
+            for n in range(0, N):
+                a_n = tl.load(A2 + ds * N + n, mask=d_ok, other=0.0).to(ACC)
+                b_n = tl.load(B + tok * N + n, mask=t_ok, other=0.0).to(ACC)
+                c_n = tl.load(C + tok * N + n, mask=t_ok, other=0.0).to(ACC)
+                dA = tl.exp2(dt * a_n[None, None, :])
+                dBu = dtu * b_n[:, :, None]
+                a_k, x_k = tl.associative_scan((dA, dBu), 0, _combine)  # along each run: in-thread
+                # run totals (each run's last step, read in registers), scanned across the runs
+                pa, px = tl.associative_scan((_sum(tl.where(last, a_k, 0.0), 0), _sum(tl.where(last, x_k, 0.0), 0)),
+                                             0, _combine)
+                is_n = ns[:, None] == n
+                h0 = _sum(tl.where(is_n, carry, 0.0), 0)
+                h_end = pa * h0[None, :] + px  # the state after each run
+                h_start = tl.where(p[:, None] == 0, h0[None, :], tl.gather(h_end, prev, 0))
+                y += (a_k * h_start[None, :, :] + x_k) * c_n[:, :, None]
+                carry = tl.where(is_n, _sum(tl.where(p[:, None] == PAR - 1, h_end, 0.0), 0)[None, :], carry)
+            tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _ssm_bwd_kernel(U, DELTA, A2, B, C, D, GY, HS, DU, DDELTA, DA_PART, DB, DC, DD_PART,
+                        L, DIM, N, N_CHUNKS, HAS_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, RUN: tl.constexpr, ACC: tl.constexpr):
+        """Fused backward of :func:`_ssm_fwd_kernel`, chunk by chunk from the end, recomputing
+        inside each chunk from the saved chunk-start states ``HS`` (no ``(b, l, d, n)`` tensor),
+        on the forward's ``(RUN, PAR, BLOCK_D)`` tiles.
+
+        Per state ``n``: ``h_{t−1}`` by the forward's two-level scan over the inputs shifted one
+        token inside each run; the adjoint ``λ_t = C_t g_t + Ā_{t+1} λ_{t+1}`` by *forward*
+        scans only (triton#4362): inside each run over the tokens loaded in reverse order, and
+        across runs over the run maps taken in reverse order with ``tl.gather``; ``λ`` is
+        brought back to token order with one in-thread gather. ``∂u, ∂Δ`` accumulate over ``n``
+        in registers; ``∂B, ∂C`` (sums over channels) are added atomically; ``∂A, ∂D`` are
+        per-program partial sums (``DA_PART: (b, N, DIM)``, ``DD_PART: (b, DIM)``)."""
+        PAR: tl.constexpr = BLOCK_L // RUN
+        pid_b = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        ns = tl.arange(0, BLOCK_N)
+        r = tl.arange(0, RUN)
+        p = tl.arange(0, PAR)
+        d_ok = ds < DIM
+        if HAS_D:
+            D_d = tl.load(D + ds, mask=d_ok, other=0.0).to(ACC)
+        lam_carry = tl.full([BLOCK_N, BLOCK_D], 0.0, ACC)  # λ at the first token of the later chunk
+        dA_acc = tl.full([BLOCK_N, BLOCK_D], 0.0, ACC)
+        dD_acc = tl.full([BLOCK_D], 0.0, ACC)
+        base = pid_b.to(tl.int64) * L
+        hs_base = pid_b.to(tl.int64) * N_CHUNKS * N
+        within = r[:, None] + p[None, :] * RUN          # (RUN, PAR): token order
+        within_r = (RUN - 1 - r)[:, None] + p[None, :] * RUN  # each run read from its end
+        last = r[:, None, None] == RUN - 1
+        zero_d = 0 * ds[None, :]
+        prev = tl.maximum(p - 1, 0)[:, None] + zero_d       # the run before
+        mirror = (PAR - 1 - p)[:, None] + zero_d            # runs in reverse order
+        after = tl.maximum(PAR - 2 - p, 0)[:, None] + zero_d  # the run after, in reversed order
+        flip_run = (RUN - 1 - r)[:, None, None] + 0 * (p[None, :, None] + ds[None, None, :])  # run reversed
+        for i in range(0, N_CHUNKS):
+            c = N_CHUNKS - 1 - i
+            ts = c * BLOCK_L + within
+            t_ok = ts < L
+            tok = base + ts
+            m = t_ok[:, :, None] & d_ok[None, None, :]
+            off = tok[:, :, None] * DIM + ds[None, None, :]
+            u = tl.load(U + off, mask=m, other=0.0).to(ACC)
+            dt = tl.load(DELTA + off, mask=m, other=0.0).to(ACC)
+            g = tl.load(GY + off, mask=m, other=0.0).to(ACC)
+            # the same tokens shifted back one step inside each run (a run's first: identity)
+            m_p = m & (r[:, None, None] >= 1)
+            dt_p = tl.load(DELTA + off - DIM, mask=m_p, other=0.0).to(ACC)
+            dtu_p = dt_p * tl.load(U + off - DIM, mask=m_p, other=0.0).to(ACC)
+            # each run from its end: C g at the token, Δ of the token after it
+            tr = c * BLOCK_L + within_r
+            tr_ok = tr < L
+            m_r = tr_ok[:, :, None] & d_ok[None, None, :]
+            off_r = (base + tr)[:, :, None] * DIM + ds[None, None, :]
+            g_r = tl.load(GY + off_r, mask=m_r, other=0.0).to(ACC)
+            dt_n = tl.load(DELTA + off_r + DIM, mask=((tr + 1) < L)[:, :, None] & d_ok[None, None, :],
+                           other=0.0).to(ACC)
+            if HAS_D:
+                du = D_d[None, None, :] * g
+                dD_acc += _sum(_sum(g * u, 0), 0)
+            else:
+                du = tl.full([RUN, PAR, BLOCK_D], 0.0, ACC)
+            ddt = tl.full([RUN, PAR, BLOCK_D], 0.0, ACC)
+            hs_row = (hs_base + c * N) * DIM
+            for n in range(0, N):
+                is_n = ns[:, None] == n
+                a2_n = tl.load(A2 + ds * N + n, mask=d_ok, other=0.0).to(ACC)
+                b_n = tl.load(B + tok * N + n, mask=t_ok, other=0.0).to(ACC)
+                b_p = tl.load(B + tok * N + n - N, mask=t_ok & (r[:, None] >= 1), other=0.0).to(ACC)
+                c_r = tl.load(C + (base + tr) * N + n, mask=tr_ok, other=0.0).to(ACC)
+                h_chunk = tl.load(HS + hs_row + n * DIM + ds, mask=d_ok, other=0.0).to(ACC)
+                # h_{t−1}: in-run scan of the shifted steps, then the runs' starting states
+                dA = tl.exp2(dt * a2_n[None, None, :])
+                dBu = dt * u * b_n[:, :, None]
+                a_p, x_p = tl.associative_scan((tl.exp2(dt_p * a2_n[None, None, :]), dtu_p * b_p[:, :, None]),
+                                               0, _combine)
+                a_l = _sum(tl.where(last, a_p * dA, 0.0), 0)  # run totals: shifted part, then the last step
+                x_l = _sum(tl.where(last, x_p * dA + dBu, 0.0), 0)
+                pa, px = tl.associative_scan((a_l, x_l), 0, _combine)
+                h_end = pa * h_chunk[None, :] + px
+                h_start = tl.where(p[:, None] == 0, h_chunk[None, :], tl.gather(h_end, prev, 0))
+                h_prev = a_p * h_start[None, :, :] + x_p
+                h = dA * h_prev + dBu
+                # λ: in-run scan from each run's end, then across runs from the chunk's end
+                a_k, x_k = tl.associative_scan((tl.exp2(dt_n * a2_n[None, None, :]), c_r[:, :, None] * g_r),
+                                               0, _combine)
+                fa, fx = tl.associative_scan((tl.gather(_sum(tl.where(last, a_k, 0.0), 0), mirror, 0),
+                                              tl.gather(_sum(tl.where(last, x_k, 0.0), 0), mirror, 0)), 0, _combine)
+                lam_in = _sum(tl.where(is_n, lam_carry, 0.0), 0)
+                first = fa * lam_in[None, :] + fx  # λ at the first token of run PAR−1−j
+                into = tl.where(p[:, None] == PAR - 1, lam_in[None, :], tl.gather(first, after, 0))
+                lam_r = a_k * into[None, :, :] + x_k
+                lam_carry = tl.where(is_n, _sum(tl.where(p[:, None] == PAR - 1, first, 0.0), 0)[None, :], lam_carry)
+                lam = tl.where(m, tl.gather(lam_r, flip_run, 0), 0.0)  # token order (in registers)
+                # gradients through h_t = Ā h_{t−1} + Δ u B and y_t = Σ C h_t
+                gdA = lam * h_prev * dA  # ∂L/∂(Δ A) at each token
+                du += lam * dt * b_n[:, :, None]
+                ddt += lam * u * b_n[:, :, None] + gdA * (a2_n * 0.6931471805599453)[None, None, :]
+                dA_acc = tl.where(is_n, dA_acc + _sum(_sum(gdA * dt, 0), 0)[None, :], dA_acc)
+                tl.atomic_add(DB + tok * N + n, _sum(lam * dt * u, 2), mask=t_ok)
+                tl.atomic_add(DC + tok * N + n, _sum(g * h, 2), mask=t_ok)
+            tl.store(DU + off, du.to(DU.dtype.element_ty), mask=m)
+            tl.store(DDELTA + off, ddt.to(DDELTA.dtype.element_ty), mask=m)
+        tl.store(DA_PART + (pid_b.to(tl.int64) * N + ns[:, None]) * DIM + ds[None, :], dA_acc,
+                 mask=(ns[:, None] < N) & d_ok[None, :])
+        tl.store(DD_PART + pid_b.to(tl.int64) * DIM + ds, dD_acc, mask=d_ok)
 
     def _cuda_configs(pairs):
         return [triton.Config(kw, num_warps=w) for kw, w in pairs]
 
     # On a GPU the tile sizes are tuned per shape; the interpreter uses fixed small tiles.
     _linear_scan_tuned = triton.autotune(
-        configs=_cuda_configs([({"BLOCK_R": r, "BLOCK_L": bl}, w)
-                               for r, bl, w in [(1, 1024, 4), (2, 1024, 4), (4, 512, 4), (8, 256, 4),
-                                                (4, 1024, 8), (16, 256, 8), (32, 128, 4),
-                                                (2, 2048, 8)]]),
+        configs=_cuda_configs([({"BLOCK_R": r, "BLOCK_L": bl}, w) for r, bl, w in LINEAR_SCAN_CONFIGS]),
         key=["R", "L", "REVERSE"],
     )(_linear_scan_kernel)
-    _selective_scan_tuned = triton.autotune(
+    def _prune_ssm(configs, named_args, **kwargs):
+        small = ssm_forward_configs(named_args["N"], named_args["U"].dtype) is SSM_FWD_CONFIGS_SMALL
+        keep = {(bl, bd, w) for bl, bd, w in (SSM_FWD_CONFIGS_SMALL if small else SSM_FWD_CONFIGS)}
+        return [c for c in configs if (c.kwargs["BLOCK_L"], c.kwargs["BLOCK_D"], c.num_warps) in keep]
+
+    _ssm_fwd_tuned = triton.autotune(
         configs=_cuda_configs([({"BLOCK_L": bl, "BLOCK_D": bd}, w)
-                               for bl, bd, w in [(16, 16, 4), (32, 16, 4), (32, 8, 4), (64, 8, 4),
-                                                 (16, 32, 4), (32, 32, 8), (64, 16, 8), (128, 8, 8),
-                                                 (64, 4, 4), (128, 4, 4)]]),
-        key=["L", "DIM", "N"],
-    )(_selective_scan_fwd_kernel)
+                               for bl, bd, w in SSM_FWD_CONFIGS + SSM_FWD_CONFIGS_SMALL]),
+        key=["L", "DIM", "N"], prune_configs_by={"early_config_prune": _prune_ssm},
+    )(_ssm_fwd_kernel)
 
 
-_JIT_NAMES = ("_combine", "_add", "_sum", "_linear_scan_kernel", "_selective_scan_fwd_kernel")
+_JIT_NAMES = ("_combine", "_add", "_sum", "_linear_scan_kernel", "_ssm_fwd_kernel", "_ssm_bwd_kernel")
 _KERNELS = KernelSet(globals(), _JIT_NAMES)
 
 
@@ -417,7 +581,8 @@ def _tl_acc(dtype: torch.dtype):
 
 
 def _launch_linear(a2, x2, *, reverse=False, h_prev=None, block_l=None):
-    """``a2, x2: (R, L)`` contiguous → ``h`` (and ``da`` when ``reverse``)."""
+    """``a2, x2: (R, L)`` contiguous → ``h`` (and ``da`` when ``reverse``). ``block_l``: an
+    int (BLOCK_L; BLOCK_R then fills a 4096-element tile) or a pair ``(BLOCK_R, BLOCK_L)``."""
     R, L = x2.shape
     h = torch.empty_like(x2)
     da = torch.empty_like(a2) if reverse else h
@@ -427,8 +592,11 @@ def _launch_linear(a2, x2, *, reverse=False, h_prev=None, block_l=None):
         grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)  # noqa: E731
         _linear_scan_tuned[grid](a2, x2, h, h_prev, da, R, L, REVERSE=reverse, ACC=acc)
     else:
-        bl = block_l or min(_pow2(L), 256)
-        br = max(1, min(_pow2(R), 4096 // bl))
+        if isinstance(block_l, tuple):
+            br, bl = block_l
+        else:
+            bl = block_l or min(_pow2(L), 256)
+            br = max(1, min(_pow2(R), 4096 // bl))
         _kernel("_linear_scan_kernel", x2.device)[(triton.cdiv(R, br),)](a2, x2, h, h_prev, da, R, L, BLOCK_R=br,
                                                    BLOCK_L=bl, REVERSE=reverse, ACC=acc)
     return (h, da) if reverse else h
@@ -455,7 +623,7 @@ class _LinearScanTriton(torch.autograd.Function):
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, *, impl: str = "auto",
-                _block_l: int | None = None) -> torch.Tensor:
+                _block_l: int | tuple[int, int] | None = None) -> torch.Tensor:
     """``h_t = a_t · h_{t−1} + b_t`` along the last axis (``h_{−1} = 0``), any leading shape.
 
     ``a``, ``b``: broadcastable tensors ``(..., l)``; returns ``h`` of the broadcast shape in
@@ -475,48 +643,134 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, *, impl: str = "auto",
     return _LinearScanTriton.apply(a.to(dtype), b.to(dtype), _block_l)
 
 
-def _launch_selective(u, delta, A, B, C, D, *, blocks=None):
+LOG2E = 1.4426950408889634
+
+
+def ssm_forward_configs(n: int, dtype: torch.dtype) -> tuple:
+    """The forward autotuner's candidates for ``n`` states and input ``dtype``: 32 elements per
+    thread for float32 with n ≤ 16, 16 otherwise (the larger tiles spill there)."""
+    return SSM_FWD_CONFIGS if (n <= 16 and dtype in (torch.float32, torch.float64)) else SSM_FWD_CONFIGS_SMALL
+
+
+def triton_supports(dtype: torch.dtype, capability: tuple[int, int]) -> bool:
+    """Whether the scan kernels compile for ``dtype`` on a GPU of compute ``capability``.
+    Triton targets sm_75 and newer; bf16 compiles for sm_75 too (it is converted to float32 in
+    registers), as the static table (``results/static/kernels.json``) records."""
+    return tuple(capability) >= (7, 5) and dtype in _FLOAT
+
+
+def ssm_backward_config(L: int, d: int) -> tuple[int, int, int]:
+    """(BLOCK_L, BLOCK_D, num_warps) of the fused backward (and of the forward that saves its
+    chunk-start states): chunks of up to 32 tokens and 32 channels, four elements per thread.
+    The backward keeps about twenty tiles alive; more elements per thread spill (see
+    ``dynbook.kernels.static``)."""
+    bl, bd = min(32, max(8, _pow2(L))), min(32, max(8, _pow2(d)))
+    return bl, bd, max(1, min(8, bl * bd // 128))
+
+
+#: Largest n of the fused backward: beyond it every configuration spills (its adjoint and
+#: gradient carries grow with n), so the backward recomputes through selective_scan_chunked.
+SSM_BWD_MAX_N = 16
+#: Every configuration :func:`ssm_backward_config` can return (compiled by dynbook.kernels.static).
+SSM_BWD_CONFIGS = tuple(sorted({ssm_backward_config(l, d) for l in (1, 16, 32, 4096) for d in (1, 16, 32, 4096)}))
+
+
+def _launch_ssm(u, delta, A, B, C, D, *, blocks=None, store_states=False):
+    """Forward kernel; returns ``y`` and (when ``store_states``) the chunk-start states
+    ``(b, chunks, n, d)`` in the accumulation dtype. ``blocks``: (BLOCK_L, BLOCK_D[, warps])."""
     bsz, L, d = u.shape
     n = A.shape[1]
     u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
-    A = A.contiguous()
+    acc_t = _acc_dtype(u.dtype)
+    A2 = (A.to(acc_t) * LOG2E).contiguous()  # exp(Δ A) = exp2(Δ · A log₂e): one MUFU op
     y = torch.empty_like(u)
     has_d = D is not None
-    D_arg = D.contiguous() if has_d else A  # any tensor: HAS_D=False never reads it
+    D_arg = D.contiguous() if has_d else A2
     bn = max(2, _pow2(n))
     acc = _tl_acc(u.dtype)
-    if u.is_cuda and blocks is None:
+    if u.is_cuda and blocks is None and not store_states:
         grid = lambda meta: (bsz, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-        _selective_scan_tuned[grid](u, delta, A, B, C, D_arg, y, L, d, n, HAS_D=has_d,
-                                    BLOCK_N=bn, ACC=acc)
-    else:
-        bl, bd = blocks or (16, min(_pow2(d), 16))
-        _kernel("_selective_scan_fwd_kernel", u.device)[(bsz, triton.cdiv(d, bd))](
-            u, delta, A, B, C, D_arg, y, L, d, n, HAS_D=has_d, BLOCK_L=bl, BLOCK_D=bd,
-            BLOCK_N=bn, ACC=acc)
-    return y
+        with _on(u.device):
+            _ssm_fwd_tuned[grid](u, delta, A2, B, C, D_arg, y, y, L, d, n, 1, HAS_D=has_d,
+                                 STORE_STATES=False, BLOCK_N=bn, RUN=SSM_RUN, ACC=acc)
+        return y, None
+    if blocks is None:
+        blocks = ssm_backward_config(L, d) if u.is_cuda else (16, min(_pow2(d), 16), 4)
+    bl, bd = blocks[0], blocks[1]
+    warps = blocks[2] if len(blocks) > 2 else 4
+    n_chunks = triton.cdiv(L, bl)
+    hs = torch.empty((bsz, n_chunks, n, d), dtype=acc_t, device=u.device) if store_states else y
+    with _on(u.device):
+        _kernel("_ssm_fwd_kernel", u.device)[(bsz, triton.cdiv(d, bd))](
+            u, delta, A2, B, C, D_arg, y, hs, L, d, n, n_chunks, HAS_D=has_d, STORE_STATES=store_states,
+            BLOCK_L=bl, BLOCK_D=bd, BLOCK_N=bn, RUN=min(SSM_RUN, bl), ACC=acc, num_warps=warps)
+    return y, (hs if store_states else None)
 
 
-class _SelectiveScanTriton(torch.autograd.Function):
+def _launch_ssm_bwd(u, delta, A, B, C, D, gy, hs, blocks):
+    bsz, L, d = u.shape
+    n = A.shape[1]
+    acc_t = _acc_dtype(u.dtype)
+    A2 = (A.to(acc_t) * LOG2E).contiguous()
+    u, delta, B, C, gy = (x.contiguous() for x in (u, delta, B, C, gy))
+    bl, bd = blocks[0], blocks[1]
+    warps = blocks[2] if len(blocks) > 2 else 4
+    n_chunks = hs.shape[1]
+    du = torch.empty_like(u, dtype=acc_t)
+    ddelta = torch.empty_like(u, dtype=acc_t)
+    dB = torch.zeros(B.shape, dtype=acc_t, device=u.device)
+    dC = torch.zeros(C.shape, dtype=acc_t, device=u.device)
+    dA_part = torch.empty((bsz, n, d), dtype=acc_t, device=u.device)
+    dD_part = torch.empty((bsz, d), dtype=acc_t, device=u.device)
+    has_d = D is not None
+    with _on(u.device):
+        _kernel("_ssm_bwd_kernel", u.device)[(bsz, triton.cdiv(d, bd))](
+            u, delta, A2, B, C, D.contiguous() if has_d else A2, gy, hs, du, ddelta, dA_part, dB, dC, dD_part,
+            L, d, n, n_chunks, HAS_D=has_d, BLOCK_L=bl, BLOCK_D=bd, BLOCK_N=max(2, _pow2(n)), RUN=min(SSM_RUN, bl),
+            ACC=_tl_acc(u.dtype), num_warps=warps)
+    return du, ddelta, dA_part.sum(0).t(), dB, dC, (dD_part.sum(0) if has_d else None)
+
+
+def _on(device: torch.device):
+    import contextlib
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class _SSMTriton(torch.autograd.Function):
+    """Fused forward (saves the state at each chunk start: ``b·⌈l/BLOCK_L⌉·n·d`` values) and
+    fused backward that recomputes inside each chunk. For n > SSM_BWD_MAX_N the backward
+    recomputes through :func:`selective_scan_chunked` and differentiates it with autograd."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, blocks):
-        ctx.save_for_backward(u, delta, A, B, C, D)
-        return _launch_selective(u, delta, A, B, C, D, blocks=blocks)
+        need = any(ctx.needs_input_grad[:6])
+        fused = A.shape[1] <= SSM_BWD_MAX_N
+        if need and fused and blocks is None:
+            blocks = ssm_backward_config(u.shape[1], u.shape[2]) if u.is_cuda else (16, min(_pow2(u.shape[2]), 16), 4)
+        y, hs = _launch_ssm(u, delta, A, B, C, D, blocks=blocks, store_states=need and fused)
+        if need:
+            ctx.save_for_backward(u, delta, A, B, C, D, hs)
+            ctx.blocks, ctx.fused = blocks, fused
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        # Recompute through the differentiable parallel scan (float32 at least) and let
-        # autograd differentiate it: exact, but it materialises (b, l, d, n) tensors.
-        saved = ctx.saved_tensors
+        u, delta, A, B, C, D, hs = ctx.saved_tensors
         needs = ctx.needs_input_grad[:6]
-        with torch.enable_grad():
-            leaves = [None if x is None else x.detach().to(_acc_dtype(x.dtype)).requires_grad_(bool(need))
-                      for x, need in zip(saved, needs)]
-            y = selective_scan_parallel(*leaves)
-            wrt = [x for x, need in zip(leaves, needs) if x is not None and need]
-            grads = iter(torch.autograd.grad(y, wrt, grad_y.to(y.dtype)) if wrt else ())
-        out = [next(grads).to(x.dtype) if (x is not None and need) else None for x, need in zip(saved, needs)]
+        if ctx.fused:
+            grads = _launch_ssm_bwd(u, delta, A, B, C, D, grad_y, hs, ctx.blocks)
+        else:
+            with torch.enable_grad():
+                leaves = [None if x is None else x.detach().to(_acc_dtype(x.dtype)).requires_grad_(bool(nd))
+                          for x, nd in zip((u, delta, A, B, C, D), needs)]
+                y = selective_scan_chunked(*leaves)
+                wrt = [x for x, nd in zip(leaves, needs) if x is not None and nd]
+                got = iter(torch.autograd.grad(y, wrt, grad_y.to(y.dtype)) if wrt else ())
+            grads = [next(got) if (x is not None and nd) else None for x, nd in zip(leaves, needs)]
+        out = [None if (g is None or not need) else g.to(x.dtype)
+               for g, x, need in zip(grads, (u, delta, A, B, C, D), needs)]
         return (*out, None)
 
 
@@ -527,17 +781,28 @@ def selective_scan(u, delta, A, B, C, D=None, *, impl: str = "auto", _blocks=Non
     ``h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t u_t``,  ``y_t = C_t · h_t + D ⊙ u_t``, ``h_{−1} = 0``.
 
     ``impl``: ``"triton"`` (one fused pass: reads ``u, Δ, B, C`` once, writes ``y`` once, the
-    ``(d, n)`` state stays in registers), ``"torch"`` (sequential reference) or ``"auto"``.
+    ``(d, n)`` state stays in registers; ``n ≤ MAX_N``), ``"torch"`` (sequential reference) or
+    ``"auto"`` (Triton for CUDA tensors it supports, else the chunked scan on CUDA and the
+    reference elsewhere).
     Float32 accumulation for half-precision inputs. Differentiable for every ``impl``.
     """
+    asked = impl
     impl = resolve_impl(impl, u if isinstance(u, torch.Tensor) else torch.empty(0))
+    if impl == "triton" and asked == "auto" and (not triton_supports(u.dtype, torch.cuda.get_device_capability(u.device))
+                                                 or A.shape[1] > MAX_N):
+        impl = "torch"  # auto: the PyTorch path where the kernel does not apply
     if impl == "torch":
+        if asked == "auto" and u.is_cuda:
+            return selective_scan_chunked(u, delta, A, B, C, D)
         return selective_scan_reference(u, delta, A, B, C, D)
     _check_selective(u, delta, A, B, C, D)
     _triton_ready(u)
     if u.numel() == 0 or A.shape[1] == 0:
         return selective_scan_reference(u, delta, A, B, C, D)
-    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, _blocks)
+    if A.shape[1] > MAX_N:
+        raise ValueError(f"A.shape = {tuple(A.shape)}: n = {A.shape[1]} is outside the Triton kernel's range "
+                         f"1..{MAX_N}; use impl='torch' or selective_scan_chunked")
+    return _SSMTriton.apply(u, delta, A, B, C, D, _blocks)
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -630,3 +895,42 @@ def bench_linear_scan(rows: int, l: int, *, dtype=torch.float32, device: str = "
             out["seconds"][impl] = time_it(run[impl], device=device, min_run_time=min_run_time)
     out["bytes"] = linear_scan_bytes(rows * l, a.element_size())
     return _with_speedups(out)
+
+
+# ----------------------------------------------------------------------------- static evidence
+
+
+def selective_scan_launches(dtype: str = "fp32", ns=(16, 64)) -> list:
+    """The redesigned forward at every autotuner configuration and the fused backward at every
+    configuration :func:`ssm_backward_config` returns, for ``n`` in ``ns``, as
+    :class:`dynbook.kernels.static.Launch` (per-element counts per trip of the loop over ``n``:
+    ``BLOCK_L·BLOCK_D / threads`` state elements per thread)."""
+    from .static import Launch
+
+    acc = tl.float64 if dtype == "fp64" else tl.float32
+    a = "fp64" if dtype == "fp64" else "fp32"
+    io, f = f"*{dtype}", f"*{a}"
+    ints = {"L": "i32", "DIM": "i32", "N": "i32", "N_CHUNKS": "i32"}
+    out = []
+    for n in ns:
+        bn = max(2, _pow2(n))
+        fwd = {"U": io, "DELTA": io, "A2": f, "B": io, "C": io, "D": f, "Y": io, "HS": f, **ints,
+               **{k: "constexpr" for k in ("HAS_D", "STORE_STATES", "BLOCK_L", "BLOCK_D", "BLOCK_N", "RUN", "ACC")}}
+        bwd = {"U": io, "DELTA": io, "A2": f, "B": io, "C": io, "D": f, "GY": io, "HS": f, "DU": f, "DDELTA": f,
+               "DA_PART": f, "DB": f, "DC": f, "DD_PART": f, **ints,
+               **{k: "constexpr" for k in ("HAS_D", "BLOCK_L", "BLOCK_D", "BLOCK_N", "RUN", "ACC")}}
+        for bl, bd, w in SSM_FWD_CONFIGS + SSM_FWD_CONFIGS_SMALL:
+            cfg = {"BLOCK_L": bl, "BLOCK_D": bd, "n": n}
+            out.append(Launch("_ssm_fwd_kernel", "scan", cfg, fwd,
+                              {"HAS_D": True, "STORE_STATES": False, "BLOCK_L": bl, "BLOCK_D": bd, "BLOCK_N": bn,
+                               "RUN": min(SSM_RUN, bl), "ACC": acc}, w, elements=bl * bd / (32 * w), dtype=dtype))
+        for bl, bd, w in (SSM_BWD_CONFIGS if n <= SSM_BWD_MAX_N else ()):
+            cfg = {"BLOCK_L": bl, "BLOCK_D": bd, "n": n}
+            out.append(Launch("_ssm_fwd_kernel", "scan", {**cfg, "STORE_STATES": True}, fwd,
+                              {"HAS_D": True, "STORE_STATES": True, "BLOCK_L": bl, "BLOCK_D": bd, "BLOCK_N": bn,
+                               "RUN": min(SSM_RUN, bl), "ACC": acc}, w, elements=bl * bd / (32 * w), dtype=dtype))
+            out.append(Launch("_ssm_bwd_kernel", "scan", cfg, bwd,
+                              {"HAS_D": True, "BLOCK_L": bl, "BLOCK_D": bd, "BLOCK_N": bn, "RUN": min(SSM_RUN, bl),
+                               "ACC": acc}, w,
+                              elements=bl * bd / (32 * w), dtype=dtype))
+    return out
