@@ -220,10 +220,13 @@ def selective_scan_reference(u, delta, A, B, C, D=None) -> torch.Tensor:
     bsz, l, d = u.shape
     h = torch.zeros(bsz, d, A.shape[1], dtype=acc, device=u.device)
     ys = []
+    # split once: indexing x[:, t] inside the loop makes autograd zero-fill a full-length
+    # gradient at every step (quadratic in l for training)
+    dts, us, Bs, Cs = (x.unbind(1) for x in (dt, u_, B_, C_))
     for t in range(l):
-        dA = torch.exp(dt[:, t, :, None] * A_)  # (b, d, n)
-        h = dA * h + (dt[:, t] * u_[:, t])[:, :, None] * B_[:, t, None, :]
-        ys.append(torch.einsum("bdn,bn->bd", h, C_[:, t]))
+        dA = torch.exp(dts[t][:, :, None] * A_)  # (b, d, n)
+        h = dA * h + (dts[t] * us[t])[:, :, None] * Bs[t][:, None, :]
+        ys.append(torch.einsum("bdn,bn->bd", h, Cs[t]))
     y = torch.stack(ys, dim=1) if ys else u_.new_zeros(u_.shape)
     if D is not None:
         y = y + u_ * D.to(acc)
