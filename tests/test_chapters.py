@@ -74,9 +74,10 @@ def chapter_runs(request, tmp_path_factory):
     """{(slug, variant): output folder, or the failure message}: every run the selected tests
     need, made before the first of them."""
     base = tmp_path_factory.mktemp("runs")
-    # seed-0 runs first, and the later (heavier) chapters before the lighter ones
+    # the runs that must be alone first (nothing waits idle beside them), then seed 0 before
+    # the other variants, the later (heavier) chapters before the lighter ones
     todo = sorted(_wanted(request.session.items),
-                  key=lambda sv: (list(VARIANTS).index(sv[1]), -BY_SLUG[sv[0]].number))
+                  key=lambda sv: (sv[0] not in EXCLUSIVE, list(VARIANTS).index(sv[1]), -BY_SLUG[sv[0]].number))
     results, running = {}, []
 
     def reap():
