@@ -16,3 +16,13 @@ HAS_CUDA = torch.cuda.is_available()
 def cuda_only():
     if not HAS_CUDA:
         pytest.skip("needs an NVIDIA GPU")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module's tiny problems on one intra-op thread (splitting them costs more
+    than it saves); use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    from dynbook.measure import num_threads
+
+    with num_threads(1):
+        yield

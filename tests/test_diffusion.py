@@ -11,12 +11,7 @@ from dynbook import diffusion as df
 D = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny float64 problems: one thread is faster
 
 
 def mixture():

@@ -11,12 +11,7 @@ from dynbook import sde as sdes
 D = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny float64 problems: one thread is faster
 
 
 def test_order_fit_recovers_a_power_law_and_its_interval_widens_with_noise():
