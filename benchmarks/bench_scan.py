@@ -71,6 +71,20 @@ def predicted(work: roofline.Work, hw: dict, copy_bps: float | None) -> dict | N
     return roofline.floor(work, gpu)
 
 
+def add_bandwidth(row: dict, copy_bps: float | None) -> float | None:
+    """The Triton time of ``row`` (kernel-only where it was measured) and, from it and
+    ``row["bytes"]``, the achieved bandwidth and its fraction of the copy roof; None when
+    Triton was not timed."""
+    s = row["seconds"]
+    if "triton" not in s:
+        return None
+    t = s.get("triton_kernel") or s["triton"]
+    row["bandwidth_Bps"] = row["bytes"] / t
+    if copy_bps:
+        row["bandwidth_fraction"] = row["bandwidth_Bps"] / copy_bps
+    return t
+
+
 def _check(got, ref) -> float:
     return ((got.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
@@ -104,11 +118,8 @@ def selective_case(rec, tag, shape, dtype, device, mrt, copy_bps, hw):
     itemsize = torch.empty((), dtype=dtype).element_size()
     row["bytes"] = scan.selective_scan_bytes(**shape, itemsize=itemsize)
     s = row["seconds"]
-    if "triton" in s:
-        t = s.get("triton_kernel") or s["triton"]
-        row["bandwidth_Bps"] = row["bytes"] / t
-        if copy_bps:
-            row["bandwidth_fraction"] = row["bandwidth_Bps"] / copy_bps
+    t = add_bandwidth(row, copy_bps)
+    if t is not None:
         for other in ("chunked", "parallel", "torch"):
             if other in s:
                 row[f"speedup_vs_{other}"] = s[other] / s["triton"]
@@ -151,13 +162,10 @@ def linear_case(rec, rows, l, device, mrt, copy_bps, hw):
     row = rec.get("linear")
     row["bytes"] = scan.linear_scan_bytes(rows * l, 4)
     s = row["seconds"]
-    if "triton" in s:
-        t = s.get("triton_kernel") or s["triton"]
-        row["bandwidth_Bps"] = row["bytes"] / t
-        if copy_bps:
-            row["bandwidth_fraction"] = row["bandwidth_Bps"] / copy_bps
-            if "triton_backward_kernel" in s:
-                row["backward_bandwidth_fraction"] = 5 * rows * l * 4 / s["triton_backward_kernel"] / copy_bps
+    t = add_bandwidth(row, copy_bps)
+    if t is not None:
+        if copy_bps and "triton_backward_kernel" in s:
+            row["backward_bandwidth_fraction"] = 5 * rows * l * 4 / s["triton_backward_kernel"] / copy_bps
         counts = static_counts("_linear_scan_kernel", REVERSE=False)
         pred = predicted(roofline.linear_scan_work(rows * l, shuffles_per_element=counts["shfl"],
                                                    instructions_per_element=counts["instructions"]), hw, copy_bps)
