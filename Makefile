@@ -23,7 +23,7 @@ book: venv  ## execute every chapter with papermill, build the HTML, print index
 test: venv  ## unit tests + every chapter executed with profile=quick
 	$(BIN)/python -m pytest $(ARGS)
 
-test-fast: venv  ## unit tests only, no chapter runs (the developer's loop; under 2 minutes)
+test-fast: venv  ## unit tests only, no chapter runs (the developer's loop; ~5 min on 2 cores)
 	$(BIN)/python -m pytest -m "not chapter" $(ARGS)
 
 list: venv
