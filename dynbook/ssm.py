@@ -507,31 +507,10 @@ def interleaved_seconds(fns: dict, *, repeats: int, device: str = "cpu", min_tim
     return out
 
 
-def least_ratio(numerator, denominator, *, n_boot: int = 4000, seed: int = 0, level: float = 0.95) -> Estimate:
-    """Ratio of two computations' least readings (interleaved repeats), with the percentile
-    bootstrap of that ratio over the repeats (widened to contain the value).
-
-    The least reading is the one load from other processes inflated least; a burst that hits
-    a few readings moves it little, so two copies of one computation give ≈ 1 with a narrow
-    interval even on a busy machine, while a steadily loaded machine still widens it."""
-    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
-    if a.size < 2 or b.size < 2 or np.any(a <= 0) or np.any(b <= 0):
-        raise ValueError(f"least_ratio needs ≥ 2 positive readings of each, got {a.size} and {b.size}")
-    value = float(a.min() / b.min())
-    rng = np.random.default_rng(seed)
-    ratios = (a[rng.integers(0, a.size, size=(n_boot, a.size))].min(1)
-              / b[rng.integers(0, b.size, size=(n_boot, b.size))].min(1))
-    q = (1 - level) / 2
-    lo, hi = float(np.quantile(ratios, q)), float(np.quantile(ratios, 1 - q))
-    return Estimate(value, min(lo, value), max(hi, value),
-                    f"ratio of least readings, bootstrap over {min(a.size, b.size)} interleaved repeats",
-                    min(a.size, b.size), (), level)
-
-
 def cost_spread(seconds: dict, *, seed: int = 0):
     """Slowest ÷ fastest of several computations from interleaved readings (``seconds[name]``:
     seconds per repeat): ``(Estimate, slowest, fastest)``, the two picked by their least
-    reading, the ratio by :func:`least_ratio`. Applied to two copies of one computation it
+    reading, the ratio by :func:`dynbook.stats.timing_ratio` (bootstrap of least readings). Applied to two copies of one computation it
     measures only the timing noise (≈ 1)."""
     if len(seconds) < 2:
         raise ValueError(f"cost_spread needs at least two computations, got {list(seconds)}")
@@ -539,7 +518,9 @@ def cost_spread(seconds: dict, *, seed: int = 0):
     slowest, fastest = max(least, key=least.get), min(least, key=least.get)
     if slowest == fastest:
         slowest, fastest = list(seconds)[:2]
-    return least_ratio(seconds[slowest], seconds[fastest], seed=seed), slowest, fastest
+    from .stats import timing_ratio
+
+    return timing_ratio(seconds[slowest], seconds[fastest], seed=seed, bootstrap="least"), slowest, fastest
 
 
 def fit_points(n: int, *, min_points: int = 3) -> list[int]:

@@ -57,3 +57,18 @@ def test_exact_with_resolution():
     assert e.interval == (1.0 - 2**-10, 1.0 + 2**-10)
     with pytest.raises(ValueError, match="outside"):
         stats.Estimate(5.0, 0.0, 1.0)
+
+
+def test_least_reading_bootstrap_resists_bursts_of_load():
+    rng = np.random.default_rng(1)
+    base = 0.01 * (1 + 0.01 * rng.random(7))
+    copy_ = 0.01 * (1 + 0.01 * rng.random(7))
+    copy_[[1, 4]] *= 2.5  # two readings hit by load
+    est = stats.timing_ratio(copy_, base, bootstrap="least")
+    assert est.lo <= est.value <= est.hi and est.hi < 1.1
+    assert est.method.startswith("ratio of least readings")
+    assert stats.timing_ratio(3 * base, base, bootstrap="least").lo > 2.9
+    with pytest.raises(ValueError, match="bootstrap='mode'"):
+        stats.timing_ratio(base, base, bootstrap="mode")
+    with pytest.raises(ValueError, match="positive"):
+        stats.timing_ratio([1.0, -1.0], [1.0, 2.0])
