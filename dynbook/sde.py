@@ -16,35 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from .stats import LEVEL, Estimate
 
 #: (strong, weak) orders the theory gives for GBM (multiplicative, diagonal noise); SRK's
 #: weak order is not used for a check (its weak error sits at the Monte Carlo floor here)
 NOMINAL_ORDERS = {"euler": (0.5, 1.0), "milstein": (1.0, 1.0), "srk": (1.5, None)}
-
-
-# ----------------------------------------------------------------------------- fits
-
-
-def order_fit(x, y, *, level: float = LEVEL) -> Estimate:
-    """Slope p of log y = p log x + b (least squares) with its Student-t interval
-    (n − 2 degrees of freedom): a convergence order (x = steps, y = error → −p)."""
-    from scipy import stats
-
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    if lx.size < 3 or not np.all(np.isfinite(lx)) or not np.all(np.isfinite(ly)):
-        raise ValueError(f"order_fit needs ≥ 3 positive finite points, got x={list(x)}, y={list(y)}")
-    sxx = float(((lx - lx.mean()) ** 2).sum())
-    slope = float(((lx - lx.mean()) * (ly - ly.mean())).sum() / sxx)
-    resid = ly - ly.mean() - slope * (lx - lx.mean())
-    se = math.sqrt(float((resid ** 2).sum()) / (lx.size - 2) / sxx)
-    half = float(stats.t.ppf(0.5 + level / 2, lx.size - 2)) * se
-    return Estimate(slope, slope - half, slope + half, f"log-log slope over {lx.size} points, t interval",
-                    lx.size, tuple(float(v) for v in y), level)
 
 
 # ----------------------------------------------------------------------------- GBM orders

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dynbook import sde as sdes
+from dynbook import fits, sde as sdes
 
 D = torch.float64
 
@@ -16,21 +16,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny float64 problems: one
 
 def test_order_fit_recovers_a_power_law_and_its_interval_widens_with_noise():
     x = [4, 8, 16, 32, 64]
-    est = sdes.order_fit(x, [3.0 * v ** -1.5 for v in x])
+    est = fits.loglog_slope(x, [3.0 * v ** -1.5 for v in x])
     assert est.value == pytest.approx(-1.5, abs=1e-12) and est.hi - est.lo < 1e-9
-    noisy = sdes.order_fit(x, [3.0 * v ** -1.5 * f for v, f in zip(x, (1.3, 0.8, 1.2, 0.9, 1.1))])
+    noisy = fits.loglog_slope(x, [3.0 * v ** -1.5 * f for v, f in zip(x, (1.3, 0.8, 1.2, 0.9, 1.1))])
     assert noisy.lo < -1.5 < noisy.hi and noisy.hi - noisy.lo > 0.1
     with pytest.raises(ValueError):
-        sdes.order_fit([1, 2], [1, 2])
+        fits.loglog_slope([1, 2], [1, 2])
 
 
 def test_gbm_strong_and_weak_orders():
     errs = sdes.gbm_errors(steps=(8, 16, 32, 64), paths=4000, seed=0)
     for m, (p_strong, p_weak) in sdes.NOMINAL_ORDERS.items():
-        strong = -sdes.order_fit(errs[m]["steps"], errs[m]["strong"]).value
+        strong = -fits.loglog_slope(errs[m]["steps"], errs[m]["strong"]).value
         assert abs(strong - p_strong) < 0.25, (m, strong)
         if p_weak is not None:
-            weak = -sdes.order_fit(errs[m]["steps"], errs[m]["weak"]).value
+            weak = -fits.loglog_slope(errs[m]["steps"], errs[m]["weak"]).value
             assert abs(weak - p_weak) < 0.35, (m, weak)
 
 
