@@ -113,8 +113,8 @@ def timing_ratio(numerator: Sequence[float], denominator: Sequence[float], *, le
     b = np.asarray(denominator, dtype=float)
     if a.size < 2 or b.size < 2:
         raise ValueError(f"timing_ratio: need at least 2 repeats of each, got {a.size} and {b.size}")
-    if np.any(a <= 0) or np.any(b <= 0):
-        raise ValueError("timing_ratio: readings must be positive")
+    if bootstrap == "least" and (np.any(a <= 0) or np.any(b <= 0)):
+        raise ValueError("timing_ratio: least readings must be positive")
     value = float(a.min() / b.min())
     rng = np.random.default_rng(seed)
     ia = rng.integers(0, a.size, size=(n_boot, a.size))
@@ -128,20 +128,3 @@ def timing_ratio(numerator: Sequence[float], denominator: Sequence[float], *, le
     q = (1 - level) / 2
     lo, hi = float(np.quantile(ratios, q)), float(np.quantile(ratios, 1 - q))
     return Estimate(value, min(lo, value), max(hi, value), method, min(a.size, b.size), (), level)
-
-
-def difference(a: Estimate, b: Estimate) -> Estimate:
-    """``a − b`` with the interval of independent errors added in quadrature (a conservative
-    combination when the intervals come from different runs)."""
-    v = a.value - b.value
-    lo = v - math.hypot(a.value - a.lo, b.hi - b.value)
-    hi = v + math.hypot(a.hi - a.value, b.value - b.lo)
-    return Estimate(v, lo, hi, f"difference of ({a.method}) and ({b.method})", min(a.n, b.n))
-
-
-def ratio(a: Estimate, b: Estimate) -> Estimate:
-    """``a / b`` for positive estimates, errors combined in log space."""
-    if min(a.lo, b.lo) <= 0:
-        raise ValueError(f"ratio: both estimates must be positive, got intervals {a.interval} and {b.interval}")
-    la, lb = a.map(math.log), b.map(math.log)
-    return difference(la, lb).map(math.exp)
