@@ -34,8 +34,10 @@ SEED_DEPENDENT = [c.slug for c in CHAPTERS]
 # the same record, value for value.
 DETERMINISTIC = [c.slug for c in CHAPTERS
                  if c.slug.endswith(("resnets_as_odes", "cosmology_duality"))]
-# Chapters that start worker processes (torch.distributed) and time them: they run alone.
-EXCLUSIVE = {c.slug for c in CHAPTERS if c.slug.endswith("synchronization_energy")}
+# Chapters that run alone: the distributed one starts worker processes and times them; the
+# matrix one measures caches and memory bandwidth, which a chapter on the other core shares
+# (its distinct- vs shared-weight control strayed into the band when it ran beside another).
+EXCLUSIVE = {c.slug for c in CHAPTERS if c.slug.endswith(("synchronization_energy", "matrix_limits"))}
 JOBS = max(1, int(os.environ.get("DYNBOOK_TEST_JOBS", "2")))
 
 # the runs a test may need: variant → parameters beyond profile=quick, device=cpu
