@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dynbook import environment
+from dynbook.book import environment
 
 
 def parse(description: str, argv=None) -> argparse.Namespace:

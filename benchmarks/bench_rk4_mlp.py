@@ -15,7 +15,7 @@ run on one device:
   FLOPs, ``rk4_mlp_flops``) and its fraction of the device's fp32 peak (SMs × max SM clock ×
   FP32 lanes per SM × 2, from the device properties and NVML).
 
-Timings are medians (``dynbook.measure.time_it``, CUDA-synchronised). Writes
+Timings are medians (``dynbook.measure.timing.time_it``, CUDA-synchronised). Writes
 ``<out>/bench_rk4_mlp.json`` (default ``results/<gpu>/``) with device, driver, versions and commit,
 rewritten after every measurement (a run stopped by a time limit keeps what it measured).
 
@@ -37,11 +37,11 @@ from datetime import datetime, timezone
 import torch
 
 import _cli  # benchmarks/_cli.py: the shared command line and output
-from dynbook import environment
+from dynbook.book import environment
 from dynbook.kernels.rk4 import (ROWS_CHOICES, pick_config, rk4_mlp, rk4_mlp_flops,
                                      rk4_mlp_reference)
-from dynbook.measure import time_it
-from dynbook.neural_ode import rk4_runners
+from dynbook.measure.timing import time_it
+from dynbook.models.neural_ode import rk4_runners
 
 HEADLINE = {"batch": 1024, "d": 2, "h": 64, "n_steps": 100}
 TARGETS = {"torchdiffeq": 500.0, "cuda_graph": 50.0}  # the issue-11 goals for the fused kernel

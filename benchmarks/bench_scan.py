@@ -36,9 +36,10 @@ from pathlib import Path
 import torch
 
 import _cli  # benchmarks/_cli.py: the shared command line and output
-from dynbook import environment
+from dynbook.book import environment
 from dynbook.kernels import roofline, scan
-from dynbook.measure import time_it
+from dynbook.measure.timing import copy_bandwidth
+from dynbook.measure.timing import time_it
 
 HEADLINE = {"b": 8, "l": 4096, "d": 1024, "n": 16}
 TARGETS = {"speedup_vs_torch": 20.0, "speedup_vs_chunked": 3.0, "bandwidth_fraction": 0.70}
@@ -245,7 +246,7 @@ def main(argv=None):
                         "kernel-only: triton.testing.do_bench median on the bare launch",
                         bytes_counted="selective: read u, delta (b·l·d), B, C (b·l·n), A (d·n), D (d); write y "
                                       "(b·l·d); linear: read a, b, write h")
-    copy_bps = scan.copy_bandwidth(device=device, min_run_time=mrt) if device == "cuda" else None
+    copy_bps = copy_bandwidth(device, 1 << 30, min_run_time=mrt) if device == "cuda" else None
     rec.set("copy_bandwidth_Bps", copy_bps)
     if copy_bps:
         print(f"copy bandwidth {copy_bps / 1e9:.0f} GB/s", flush=True)

@@ -75,12 +75,12 @@ elif ! $PY -c "import jupyter_client, ipykernel" 2>/dev/null; then
   log "chapters skipped: no Jupyter kernel (carry .whl)"
 else
   $PY -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
-  [ ${#chapters[@]} -gt 0 ] || read -r -a chapters <<< "${CHAPTERS:-$($PY -m dynbook.cli list | awk '/^ *[0-9]+ /{printf "%s ", $1}')}"
+  [ ${#chapters[@]} -gt 0 ] || read -r -a chapters <<< "${CHAPTERS:-$($PY -m dynbook.book.cli list | awk '/^ *[0-9]+ /{printf "%s ", $1}')}"
 fi
 for ch in "${chapters[@]}"; do
   [ "$(left)" -gt 30 ] || { log "no time left for chapter $ch"; status=1; continue; }
   log "chapter $ch (bound $(bound 600) s)"
-  timeout "$(bound 600)" $PY -m dynbook.cli run "$ch" --profile "$PROFILE" --device "$DEVICE" --out "$OUT/run" \
+  timeout "$(bound 600)" $PY -m dynbook.book.cli run "$ch" --profile "$PROFILE" --device "$DEVICE" --out "$OUT/run" \
     --no-progress > "$OUT/chapter_$ch.log" 2>&1 || { status=1; log "chapter $ch: failed or timed out"; }
 done
 
@@ -94,7 +94,7 @@ if not files:
     print("[gpu_session] no metrics or benchmark JSON to collect")
     sys.exit(0)
 try:
-    from dynbook import environment
+    from dynbook.book import environment
     hw = json.load(open(files[0])).get("hardware") or {}
     slug = environment.hardware_slug(hw) if hw else "unknown"
 except Exception as e:  # noqa: BLE001 - collecting must not lose the files

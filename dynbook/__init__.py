@@ -3,25 +3,33 @@ learning — synchronization and energy*.
 
 A chapter imports this package, calls :func:`setup` right after its ``parameters`` cell,
 declares its claims with their decision rules and negative controls (:func:`declare`, the
-claims protocol of :mod:`dynbook.claims`), records what it measures with :func:`record`, asserts
+claims protocol of :mod:`dynbook.book.claims`), records what it measures with :func:`record`, asserts
 what must hold with :func:`check`, gives each claim its verdict from an estimate with an
-interval (:func:`decide`, :mod:`dynbook.stats`), and ends with :func:`summary` and
+interval (:func:`decide`, :mod:`dynbook.book.stats`), and ends with :func:`summary` and
 :func:`provenance`.
 
-Importing ``dynbook`` touches no GPU, network or file; submodules load on first use.
+The package is laid out as a floor plan: ``dynbook.book`` (the pipeline every chapter runs
+through: parameters, record, claims, show, CLI), ``dynbook.measure`` (timing, memory, energy,
+cost models, fits), ``dynbook.models`` (the systems the chapters study), ``dynbook.sync``
+(distributed and asynchronous regimes), ``dynbook.kernels`` (Triton kernels beside their
+PyTorch references) and ``dynbook/declared/`` (each chapter's claims, as data).
+
+Importing ``dynbook`` touches no GPU, network or file; the subject modules load on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .params import ParameterError, Run
-from .metrics import ClaimFailed, check, record
-from .claims import Claim, Rule, at_least, at_most, declare, decide, summary, within
-from .stats import Estimate
+from dynbook.book import show, stats
+from dynbook.book.params import Bool, Choice, Float, Int, List, Optional, ParameterError, Run, Str
+from dynbook.book.record import ClaimFailed, check, record
+from dynbook.book.claims import Claim, Rule, at_least, at_most, declare, decide, summary, within
+from dynbook.book.stats import Estimate
 
 __all__ = ["setup", "record", "check", "provenance", "ParameterError", "ClaimFailed", "Run",
-           "Claim", "Rule", "at_least", "at_most", "within", "declare", "decide", "summary", "Estimate"]
+           "Claim", "Rule", "at_least", "at_most", "within", "declare", "decide", "summary", "Estimate",
+           "Bool", "Choice", "Float", "Int", "List", "Optional", "Str", "show", "stats"]
 __version__ = "0.1.0"
 
 
@@ -33,7 +41,7 @@ def setup(chapter: str, namespace: Mapping[str, Any], schema: Mapping | None = N
     parameters cell's names and those papermill injected) must be in ``COMMON`` + ``schema``.
     Raises :class:`ParameterError` before any work if a name, type or value is not allowed.
     """
-    from . import metrics as _record, params as _params, plotting
+    from dynbook.book import record as _record, params as _params, show as _show
 
     schema = dict(schema or {})
     global _setup_calls
@@ -52,7 +60,7 @@ def setup(chapter: str, namespace: Mapping[str, Any], schema: Mapping | None = N
     run = Run(chapter, values, device=device, profile=profile, schema=schema)
     rec = _record.start(chapter, profile=profile, device=device, seed=values["seed"],
                         parameters=values, directory=metrics_dir)
-    plotting.use_style()
+    _show.use_style()
     v = rec.data["versions"]
     hw = rec.data["hardware"]
     print(f"{chapter}: profile={profile} (asked {values['profile']}), device={device} "
@@ -71,7 +79,7 @@ def provenance():
     versions and wall time of the run that produced the page."""
     from IPython.display import Markdown
 
-    from . import metrics as _record
+    from dynbook.book import record as _record
 
     data = _record.finish()
     v, hw = data["versions"], data["hardware"]

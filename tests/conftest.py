@@ -22,7 +22,7 @@ def cuda_only():
 def one_thread():
     """Run a test module's tiny problems on one intra-op thread (splitting them costs more
     than it saves); use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    from dynbook.measure import num_threads
+    from dynbook.measure.timing import num_threads
 
     with num_threads(1):
         yield

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from dynbook import cli
+from dynbook.book import cli
 
 ROOT = cli.book_root()
 SCRIPTS = sorted((ROOT / "benchmarks").glob("bench_*.py"))

@@ -1,7 +1,7 @@
 """Every chapter of _toc.yml executed by papermill with profile=quick: its executable checks
 pass, every claim follows the claims protocol and keeps its verdict at another seed, every
 glued number in the prose is a recorded metric with the same value, chapters without timings
-reproduce their record at the same seed, and the HTML book builds from the executed copies
+reproduce their committed record (tests/reference/) at the same seed, and the HTML book builds from the executed copies
 with warnings as errors.
 
 The chapter runs these tests need are made once, up front, as separate ``dynbook run``
@@ -9,6 +9,7 @@ processes, ``DYNBOOK_TEST_JOBS`` (default 2) at a time; a chapter that spawns wo
 processes of its own runs alone, so that its timings do not compete with another chapter."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -18,8 +19,8 @@ import time
 import nbformat
 import pytest
 
-from dynbook import cli
-from dynbook.metrics import VERDICTS
+from dynbook.book import cli
+from dynbook.book.record import VERDICTS
 
 ROOT = cli.book_root()
 CHAPTERS = cli.chapters(ROOT)
@@ -30,8 +31,8 @@ OTHER_SEED = 1
 # Chapters whose claims depend on random initialisation or random data: rerun at another seed,
 # a verdict may move to or from "inconclusive" but never between "supported" and "not supported".
 SEED_DEPENDENT = [c.slug for c in CHAPTERS]
-# Chapters whose recorded metrics contain no timing: the same seed on the same CPU must give
-# the same record, value for value.
+# Chapters whose recorded metrics contain no timing: seed 0 must give the committed record
+# (tests/reference/<slug>.json), value for value.
 DETERMINISTIC = [c.slug for c in CHAPTERS
                  if c.slug.endswith(("resnets_as_odes", "cosmology_duality"))]
 # Chapters that run alone: the distributed one starts worker processes and times them; the
@@ -41,7 +42,7 @@ EXCLUSIVE = {c.slug for c in CHAPTERS if c.slug.endswith(("synchronization_energ
 JOBS = max(1, int(os.environ.get("DYNBOOK_TEST_JOBS", "2")))
 
 # the runs a test may need: variant → parameters beyond profile=quick, device=cpu
-VARIANTS = {"seed0": {}, "other_seed": {"seed": OTHER_SEED}, "repeat": {}}
+VARIANTS = {"seed0": {}, "other_seed": {"seed": OTHER_SEED}}
 
 
 def _wanted(items) -> set:
@@ -59,14 +60,12 @@ def _wanted(items) -> set:
             need.add((slug, "seed0"))
             if item.originalname == "test_verdicts_hold_at_another_seed":
                 need.add((slug, "other_seed"))
-            if item.originalname == "test_same_seed_same_metrics":
-                need.add((slug, "repeat"))
     return need
 
 
 def _command(slug: str, variant: str, out) -> list:
     params = [f"--param={k}={v}" for k, v in VARIANTS[variant].items()]
-    return [sys.executable, "-c", "import sys; from dynbook.cli import main; sys.exit(main())",
+    return [sys.executable, "-c", "import sys; from dynbook.book.cli import main; sys.exit(main())",
             "run", slug, "--profile", "quick", "--device", "cpu", "--no-progress",
             "--out", str(out), *params]
 
@@ -239,10 +238,40 @@ def test_verdicts_hold_at_another_seed(slug, chapter_runs):
                 f"{cid} at seed {OTHER_SEED}: negative control {c['negative_control']['verdict']!r}")
 
 
+REFERENCES = ROOT / "tests" / "reference"
+
+
+def _differences(got, want, where="") -> list:
+    """Where two records differ: floats to 1e-9 relative (another CPU's last bits), all else exactly."""
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        same = (want != want and got != got) or math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
+        return [] if same else [f"{where}: {got!r} != {want!r}"]
+    if isinstance(want, dict) and isinstance(got, dict):
+        keys = sorted(set(want) | set(got))
+        out = [f"{where}.{k}: {'missing' if k not in got else 'not in the reference'}"
+               for k in keys if (k in want) != (k in got)]
+        for k in keys:
+            if k in want and k in got:
+                out += _differences(got[k], want[k], f"{where}.{k}")
+        return out
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        return [d for i, (g, w) in enumerate(zip(got, want)) for d in _differences(g, w, f"{where}[{i}]")]
+    return [] if got == want else [f"{where}: {got!r} != {want!r}"]
+
+
 @pytest.mark.chapter
 @pytest.mark.parametrize("slug", DETERMINISTIC)
-def test_same_seed_same_metrics(slug, chapter_runs):
-    _, first = execute(BY_SLUG[slug], chapter_runs)
-    _, second = execute(BY_SLUG[slug], chapter_runs, "repeat")
-    assert second["metrics"] == first["metrics"]
-    assert second["claims"] == first["claims"]
+def test_same_seed_gives_the_committed_record(slug, chapter_runs):
+    """A chapter whose record holds no timing reproduces, at seed 0, the record committed in
+    tests/reference/ value for value: a refactor that changes a result is caught. When a change
+    of results is intended, rewrite the reference with ``DYNBOOK_UPDATE_REFERENCE=1 pytest
+    tests/test_chapters.py -k committed_record`` and commit it with the reason."""
+    _, got = execute(BY_SLUG[slug], chapter_runs)
+    kept = {k: got[k] for k in ("parameters", "metrics", "checks", "claims")}
+    path = REFERENCES / f"{slug}.json"
+    if os.environ.get("DYNBOOK_UPDATE_REFERENCE") == "1":
+        REFERENCES.mkdir(exist_ok=True)
+        path.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    assert path.exists(), f"no reference record {path.name}: DYNBOOK_UPDATE_REFERENCE=1 writes it"
+    diffs = _differences(kept, json.loads(path.read_text()))
+    assert not diffs, f"{slug} at seed 0 differs from {path.name} in {len(diffs)} places: " + "; ".join(diffs[:12])

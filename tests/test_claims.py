@@ -6,8 +6,8 @@ import json
 import pytest
 
 import dynbook
-from dynbook import claims, metrics
-from dynbook.stats import Estimate, exact
+from dynbook.book import claims, record as metrics
+from dynbook.book.stats import Estimate, exact
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dynbook import cli
+from dynbook.book import cli
 
 ROOT = cli.book_root()
 FIRST = cli.chapters(ROOT)[0]
@@ -51,7 +51,7 @@ def test_unknown_parameter_fails_before_a_kernel_starts(capsys, tmp_path):
 
 
 def test_bad_value_fails_in_the_validation_cell_and_names_it(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dynbook.cli", "run", str(FIRST.number), "-p", "seed=-1",
+    proc = subprocess.run([sys.executable, "-m", "dynbook.book.cli", "run", str(FIRST.number), "-p", "seed=-1",
                            "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1
     assert "failed in cell" in proc.stderr and "ParameterError" in proc.stderr

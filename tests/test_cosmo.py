@@ -1,4 +1,4 @@
-"""dynbook.cosmo: the duality's dictionary, the FLRW integration (constraint, vacuum limit),
+"""dynbook.models.cosmo: the duality's dictionary, the FLRW integration (constraint, vacuum limit),
 the f-ODE against closed forms and scipy, the γ fit and the mode equations."""
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynbook import cosmo
-from dynbook.ntk import MLPConfig
+from dynbook.models import cosmo
+from dynbook.models.ntk import MLPConfig
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""dynbook.diffusion in float64: closed-form marginals and scores, samplers and their orders,
+"""dynbook.models.diffusion in float64: closed-form marginals and scores, samplers and their orders,
 the two-sample metric, the likelihood identity, and a learned score on a tiny problem."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dynbook import diffusion as df
+from dynbook.models import diffusion as df
 
 D = torch.float64
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from dynbook import energy
-from dynbook.energy import EnergyMeter, EnergyModel, RaplCounter
+from dynbook.measure import energy
+from dynbook.measure.energy import EnergyMeter, EnergyModel, RaplCounter
 
 
 def make_zone(root, name, value, max_range, label="package-0"):
@@ -231,14 +231,14 @@ class WorkMeter:
         return self
 
     def __exit__(self, *exc):
-        from dynbook.energy import EnergyReading
+        from dynbook.measure.energy import EnergyReading
 
         self.reading = EnergyReading("fake", 1.0, joules=(self.pj - self._start) * 1e-12, idle_watts=0.0)
         return False
 
 
 def fake_kernels(meter, e_byte, e_flop, extra_gemv=1.0):
-    from dynbook.energy import Kernel
+    from dynbook.measure.energy import Kernel
 
     def work(flops, nbytes, factor=1.0):
         def fn():
@@ -325,7 +325,7 @@ class PowerMeter(WorkMeter):
     def __exit__(self, *exc):
         import time
 
-        from dynbook.energy import EnergyReading
+        from dynbook.measure.energy import EnergyReading
 
         dt = time.perf_counter() - self._t0
         self.reading = EnergyReading("fake", dt, joules=self.watts * dt + 1e-3, idle_watts=0.0)

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from dynbook import environment
+from dynbook.book import environment
 
 
 def test_find_root_walks_up_to_the_book_and_honours_the_override(tmp_path, monkeypatch):

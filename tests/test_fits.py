@@ -1,4 +1,4 @@
-"""dynbook.fits: slopes with t intervals, (partial) rank correlations with bootstrap intervals,
+"""dynbook.measure.fits: slopes with t intervals, (partial) rank correlations with bootstrap intervals,
 and [min, max] spreads, checked against closed forms and scipy in float64."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sst
 
-from dynbook import fits
+from dynbook.measure import fits
 
 
 def test_loglog_slope_recovers_a_power_law_and_its_interval_covers_it():
@@ -73,3 +73,52 @@ def test_spread_is_median_with_min_max():
         fits.spread([1.0], center="mode")
     with pytest.raises(ValueError, match="empty"):
         fits.spread([])
+
+
+def test_affine_fit_recovers_slope_and_intercept_where_loglog_does_not():
+    depth = np.array([2, 4, 8, 16, 32.0])
+    t = 5.0 + 0.25 * depth  # a fixed overhead plus a cost per layer
+    slope, intercept = fits.affine_fit(depth, t)
+    assert slope == pytest.approx(0.25) and intercept == pytest.approx(5.0)
+    exponent, _ = fits.loglog_fit(depth, t)
+    assert exponent < 0.8  # the overhead bends the log–log exponent away from 1
+    with pytest.raises(ValueError):
+        fits.affine_fit([1, 1], [2, 3])
+
+
+def test_slope_ratio_recovers_a_known_ratio_with_an_interval():
+    rng = np.random.default_rng(1)
+    depth = np.array([2, 4, 8, 16.0])
+    fwd = 1.0 + 0.1 * depth
+    step = 2.0 + 0.3 * depth  # three times the forward cost per layer
+    noise = lambda: 1 + 0.05 * rng.random((6, depth.size))  # load only adds time
+    est = fits.slope_ratio(depth, step * noise(), fwd * noise())
+    assert est.lo <= est.value <= est.hi
+    assert 2.5 < est.value < 3.5 and 2.0 < est.lo and est.hi < 4.0
+    exact = fits.slope_ratio(depth, np.tile(step, (3, 1)), np.tile(fwd, (3, 1)))
+    assert exact.value == pytest.approx(3.0) and exact.lo == pytest.approx(3.0) and exact.hi == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        fits.slope_ratio(depth, step[None], fwd[None])
+
+
+def test_loglog_fit_recovers_exponent():
+    x = np.array([1, 2, 4, 8.0])
+    slope, intercept = fits.loglog_fit(x, 3 * x**1.5)
+    assert slope == pytest.approx(1.5) and np.exp(intercept) == pytest.approx(3)
+    with pytest.raises(ValueError):
+        fits.loglog_fit([1], [1])
+
+
+def test_relative_error_in_float64_against_numpy_and_torch_inputs():
+    import torch
+
+    ref = np.array([[1.0, -4.0], [2.0, 0.5]])
+    got = ref + np.array([[0.0, 0.004], [-0.002, 0.0]])
+    assert fits.relative_error(got, ref) == pytest.approx(0.004 / 4.0)
+    assert fits.relative_error(torch.tensor(got, dtype=torch.float32), torch.tensor(ref), norm="fro") == \
+        pytest.approx(np.linalg.norm(got - ref) / np.linalg.norm(ref), rel=1e-3)
+    assert fits.relative_error([0.5], [0.0]) == 0.5  # a zero reference: the absolute error
+    with pytest.raises(ValueError, match="shape"):
+        fits.relative_error(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="norm='l1'"):
+        fits.relative_error(ref, ref, norm="l1")

@@ -43,7 +43,7 @@ def exact(args, t1=1.0):
 
 def torchdiffeq_rk4(args, n_steps, t1=1.0):
     """torchdiffeq's fixed-step rk4 (Kutta's 3/8 rule) on exactly ``n_steps`` equal steps."""
-    from dynbook import neural_ode as node
+    from dynbook.models import neural_ode as node
 
     with torch.no_grad():
         return node.rk4_runners(*args, n_steps=n_steps, t1=t1)["torchdiffeq"]()

@@ -1,12 +1,12 @@
-"""dynbook.neural_ode: solvers, models, the measurements Chapter 3 relies on."""
+"""dynbook.models.neural_ode: solvers, models, the measurements Chapter 3 relies on."""
 
 import math
 
 import pytest
 import torch
 
-from dynbook import neural_ode as node
-from dynbook.energy import EnergyMeter
+from dynbook.models import neural_ode as node
+from dynbook.measure.energy import EnergyMeter
 from dynbook.kernels.rk4 import rk4_mlp_reference
 
 
@@ -100,7 +100,7 @@ def test_make_model_families_and_evaluations():
 def test_training_memory_is_the_peak_over_forward_and_backward():
     """Backprop's peak grows linearly with the steps; the adjoint's is flat but is not the
     near-nothing its forward pass saves: its backward solve builds a one-step graph."""
-    from dynbook.measure import SavedTensorBytes
+    from dynbook.measure.timing import SavedTensorBytes
 
     torch.manual_seed(0)
     x, y = node.two_spirals(32, generator=torch.Generator().manual_seed(0))
@@ -252,7 +252,7 @@ class FakeMeter:
 
     def __exit__(self, *exc):
         import time as _time
-        from dynbook.energy import EnergyReading
+        from dynbook.measure.energy import EnergyReading
 
         dt = _time.perf_counter() - self.t0
         self.reading = EnergyReading("fake", dt, joules=self.watts * dt, idle_watts=self.idle_watts)

@@ -5,7 +5,7 @@ import jupytext
 import nbformat
 import pytest
 
-from dynbook import cli
+from dynbook.book import cli
 
 ROOT = cli.book_root()
 SOURCES = sorted((ROOT / "notebooks").glob("*.md"))

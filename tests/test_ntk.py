@@ -1,4 +1,4 @@
-"""dynbook.ntk: the empirical NTK against explicit Jacobians, the vmapped heavy ball against
+"""dynbook.models.ntk: the empirical NTK against explicit Jacobians, the vmapped heavy ball against
 torch.optim.SGD, and the heavy ball's continuous limit by its order of convergence."""
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from dynbook import ntk
-from dynbook.measure import loglog_fit
+from dynbook.models import ntk
+from dynbook.measure.fits import loglog_fit
 
 F64 = torch.float64
 

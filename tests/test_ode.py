@@ -1,4 +1,4 @@
-"""dynbook.ode: ResNets as Euler/RK4 integrators (orders against exact solutions, agreement
+"""dynbook.models.ode: ResNets as Euler/RK4 integrators (orders against exact solutions, agreement
 with torchdiffeq's fixed-grid solvers, gradients, reference-free orders, Richardson), ensembles
 equal to separate fields, stable blocks (antisymmetric spectrum, leapfrog reversibility and
 volume preservation), growth rates per unit time, the Euler stability condition on and off the
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from dynbook import ode
+from dynbook.models import ode
 
 F64 = torch.float64
 

@@ -7,7 +7,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 import yaml
 
-from dynbook import cli
+from dynbook.book import cli
 
 ROOT = cli.book_root()
 

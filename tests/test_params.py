@@ -2,8 +2,8 @@
 
 import pytest
 
-from dynbook import params as p
-from dynbook.params import Bool, Choice, Float, Int, List, Optional, ParameterError, Str
+from dynbook.book import params as p
+from dynbook.book.params import Bool, Choice, Float, Int, List, Optional, ParameterError, Str
 
 
 def base(**kw):

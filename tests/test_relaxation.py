@@ -1,4 +1,4 @@
-"""dynbook.relaxation: the lattice operator in two forms, synchronous and chaotic relaxation,
+"""dynbook.sync.relaxation: the lattice operator in two forms, synchronous and chaotic relaxation,
 delayed-gradient SGD and its stability limit, each against an exact or independent result."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynbook import relaxation as R
+from dynbook.sync import relaxation as R
 
 
 @pytest.mark.parametrize("shape", [(7, 13), (1, 5), (2, 3), (4, 4), (3, 11, 6)])
@@ -31,14 +31,6 @@ def test_laplacian_of_a_plane_wave_is_its_eigenvalue():
     wave = torch.cos(kx * i + ky * j)
     eig = 2 * math.cos(kx) + 2 * math.cos(ky) - 4
     torch.testing.assert_close(R.laplacian(wave), eig * wave, rtol=0, atol=1e-12)
-
-
-def test_kernel_costs():
-    assert R.kernel_costs("gemm", n=3, k=4, batch=5) == {"flops": 120, "bytes": 4 * (12 + 20 + 15)}
-    dense, stencil = R.kernel_costs("dense_operator", sites=100, batch=1), R.kernel_costs("stencil", sites=100, batch=1)
-    assert dense["bytes"] / stencil["bytes"] > 50
-    with pytest.raises(ValueError, match="kind='fft'"):
-        R.kernel_costs("fft", n=1)
 
 
 def test_fft_solve_satisfies_the_equation():

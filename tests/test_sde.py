@@ -1,4 +1,4 @@
-"""dynbook.sde in float64: the order fit, torchsde's solver orders on GBM, exact OU paths, a
+"""dynbook.models.sde in float64: the order fit, torchsde's solver orders on GBM, exact OU paths, a
 Neural SDE fitted to them, and the memory of the stochastic adjoint."""
 
 import math
@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from dynbook import fits, sde as sdes
+from dynbook.measure import fits
+from dynbook.models import sde as sdes
 
 D = torch.float64
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dynbook import show
+from dynbook.book import show
 
 
 def test_table_formats_floats_and_escapes_pipes():

@@ -1,4 +1,4 @@
-"""dynbook.ssm: S4D's three computations, ZOH exactness, resampling, the selective block,
+"""dynbook.models.ssm: S4D's three computations, ZOH exactness, resampling, the selective block,
 the tasks, attention baselines and the memory counter."""
 
 import math
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import dynbook
-from dynbook import measure, ssm
+from dynbook.measure import timing as measure
+from dynbook.models import ssm
 from dynbook.kernels.scan import selective_scan_reference
 
 

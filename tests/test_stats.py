@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dynbook import stats
+from dynbook.book import stats
 
 
 def test_t_interval_covers_the_mean_at_its_level():

@@ -29,8 +29,8 @@ import math
 
 import torch
 
-from . import resolve_impl
-from ._interpret import KernelSet
+from dynbook.kernels import resolve_impl
+from dynbook.kernels._interpret import KernelSet
 
 #: The Triton kernel's range (powers of two are padded up and masked).
 MAX_D = 16
@@ -463,7 +463,7 @@ def choosable_configs() -> list[dict]:
 def static_launches(config: dict) -> list:
     """The forward (with and without the trajectory store) and backward kernels at ``config``,
     as :class:`dynbook.kernels.static.Launch` (instruction counts per trip of the step loop)."""
-    from .static import Launch
+    from dynbook.kernels.static import Launch
 
     cc = {"ROWS": config["rows"], "BLOCK_D": config["block_d"], "BLOCK_H": config["block_h"]}
     ptrs = lambda *names: {k: "*fp32" for k in names}  # noqa: E731

@@ -129,7 +129,7 @@ def selective_scan_work(b: int, l: int, d: int, n: int, itemsize: int = 4, *, ex
     :func:`dynbook.kernels.scan.selective_scan_bytes`; ``b·l·d·n`` elements of the state, each
     needing ``exp_per_element`` exp (1: ``exp2(Δ · A log2 e)``) and ``shuffles_per_element``
     shuffles (the design's count, or the compiled one)."""
-    from .scan import selective_scan_bytes
+    from dynbook.kernels.scan import selective_scan_bytes
 
     elements = b * l * d * n
     return Work("selective_scan", selective_scan_bytes(b, l, d, n, itemsize),

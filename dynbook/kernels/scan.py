@@ -51,8 +51,8 @@ import math
 
 import torch
 
-from . import resolve_impl
-from ._interpret import KernelSet
+from dynbook.kernels import resolve_impl
+from dynbook.kernels._interpret import KernelSet
 
 try:  # Triton is optional: the PyTorch paths work without it
     import triton
@@ -65,7 +65,7 @@ __all__ = [
     "linear_scan", "linear_scan_reference", "linear_scan_parallel",
     "selective_scan", "selective_scan_reference", "selective_scan_parallel", "selective_scan_chunked",
     "linear_scan_bytes", "selective_scan_bytes", "selective_scan_flops",
-    "copy_bandwidth", "selective_scan_inputs", "bench_selective_scan", "bench_linear_scan",
+    "selective_scan_inputs", "bench_selective_scan", "bench_linear_scan",
 ]
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -811,17 +811,6 @@ def selective_scan(u, delta, A, B, C, D=None, *, impl: str = "auto", _blocks=Non
 # ----------------------------------------------------------------------------- benchmarks
 
 
-def copy_bandwidth(*, nbytes: int = 1 << 30, device: str = "cuda", min_run_time: float = 0.5) -> float:
-    """The device's measured copy bandwidth in bytes/s: ``y.copy_(x)`` of ``nbytes``, counted
-    as ``2·nbytes`` moved (read + write). The roofline that a scan kernel is held to."""
-    from ..measure import time_it
-
-    x = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
-    y = torch.empty_like(x)
-    seconds = time_it(lambda: y.copy_(x), device=device, min_run_time=min_run_time)
-    return 2 * x.numel() * 4 / seconds
-
-
 def selective_scan_inputs(b: int, l: int, d: int, n: int, *, dtype=torch.float32, device="cpu", seed: int = 0):
     """Random, well-conditioned inputs ``(u, Δ, A, B, C, D)`` (``A``, ``D`` in float32)."""
     g = torch.Generator().manual_seed(seed)
@@ -841,7 +830,7 @@ def bench_selective_scan(b: int, l: int, d: int, n: int, *, dtype=torch.float32,
     """Median forward seconds of each implementation on one input, its error against the
     sequential reference, and the Triton kernel's achieved bandwidth (bytes it must move
     once, :func:`selective_scan_bytes`, over its time). Ratios are taken within one run."""
-    from ..measure import time_it
+    from dynbook.measure.timing import time_it
 
     args = selective_scan_inputs(b, l, d, n, dtype=dtype, device=device, seed=seed)
     run = {"triton": lambda: selective_scan(*args, impl="triton"),
@@ -880,7 +869,7 @@ def _with_speedups(out: dict) -> dict:
 def bench_linear_scan(rows: int, l: int, *, dtype=torch.float32, device: str = "cuda",
                       impls=("triton", "parallel", "torch"), min_run_time: float = 0.5, seed: int = 0) -> dict:
     """As :func:`bench_selective_scan`, for ``linear_scan`` on ``(rows, l)`` inputs."""
-    from ..measure import time_it
+    from dynbook.measure.timing import time_it
 
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(rows, l, generator=g).to(device, dtype)
@@ -908,7 +897,7 @@ def selective_scan_launches(dtype: str = "fp32", ns=(16, 64)) -> list:
     configuration :func:`ssm_backward_config` returns, for ``n`` in ``ns``, as
     :class:`dynbook.kernels.static.Launch` (per-element counts per trip of the loop over ``n``:
     ``BLOCK_L·BLOCK_D / threads`` state elements per thread)."""
-    from .static import Launch
+    from dynbook.kernels.static import Launch
 
     acc = tl.float64 if dtype == "fp64" else tl.float32
     a = "fp64" if dtype == "fp64" else "fp32"

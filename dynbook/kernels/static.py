@@ -55,7 +55,7 @@ def source_hash() -> str:
     """A hash of the source of every ``@triton.jit`` function of the kernel modules: a stored
     table is stale when this changes (a changed configuration list changes the launches' keys,
     which the test checks separately)."""
-    from . import rk4, scan
+    from dynbook.kernels import rk4, scan
 
     h = hashlib.sha256()
     for mod in (rk4, scan):
@@ -80,7 +80,7 @@ def choosable_launches() -> list[Launch]:
     import torch
     import triton.language as tl
 
-    from . import rk4, scan
+    from dynbook.kernels import rk4, scan
 
     out: list[Launch] = []
     for dt in ("fp32", "bf16"):

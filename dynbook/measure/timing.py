@@ -4,7 +4,7 @@ Timing goes through ``torch.utils.benchmark.Timer`` (warm-up, CUDA synchronisati
 adaptive repetition handled there); this module only picks its settings in one place.
 Comparisons are timed *interleaved* (:func:`interleaved_times`): every repeat runs each
 candidate once, so a burst of load from other processes lands on all of them, and
-:func:`dynbook.stats.timing_ratio` turns the repeats into a ratio with an interval.
+:func:`dynbook.book.stats.timing_ratio` turns the repeats into a ratio with an interval.
 """
 
 from __future__ import annotations
@@ -49,9 +49,29 @@ def time_it(fn: Callable[[], object], *, device: str = "cpu", min_run_time: floa
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    kw = {"timer": timer_fn} if timer_fn is not None else {}
-    timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), **kw)
-    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+    if timer_fn is None:
+        timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return _thread_autorange(fn, timer_fn, min_run_time)
+
+
+def _thread_autorange(fn, now, min_run_time: float) -> float:
+    """Median thread-CPU seconds per call over blocks of calls, collected for
+    ``min_run_time`` of *wall* time (torch's ``blocked_autorange`` would wait for that much CPU
+    time, which a call that sleeps or waits may never spend)."""
+    import time
+
+    n, per_call, start = 1, [], time.perf_counter()
+    while True:
+        w0, t0 = time.perf_counter(), now()
+        for _ in range(n):
+            fn()
+        cpu, wall = now() - t0, time.perf_counter() - w0
+        per_call.append(cpu / n)
+        if time.perf_counter() - start >= min_run_time and len(per_call) >= 3:
+            return float(np.median(per_call))
+        if wall < min_run_time / 10:  # blocks of about a tenth of the budget, as torch sizes them
+            n *= 2
 
 
 def cuda_peak_memory(fn: Callable[[], object]) -> int:
@@ -103,18 +123,6 @@ class SavedTensorBytes:
         return False
 
 
-def loglog_fit(x, y) -> tuple[float, float]:
-    """Least-squares slope and intercept of log y against log x (a power-law exponent or a
-    convergence order)."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 2:
-        raise ValueError("loglog_fit needs at least two positive, finite points")
-    slope, intercept = np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)
-    return float(slope), float(intercept)
-
-
 class TensorBytesPeak(TorchDispatchMode):
     """Peak bytes of tensor storage allocated by ATen operators inside the ``with`` block.
 
@@ -163,6 +171,19 @@ def peak_bytes(fn, *, device: str) -> int:
     return tracker.peak
 
 
+def copy_bandwidth(device: str = "cpu", nbytes: int = 256 * 2**20, *, min_run_time: float = 0.5,
+                   clock: str = "wall") -> float:
+    """Measured copy bandwidth in bytes/s: ``dst.copy_(src)`` of ``nbytes``, counted as
+    ``2·nbytes`` moved (read + write); the bandwidth roof that memory-bound kernels are held to.
+    Small ``nbytes`` measure a cache level instead of memory (:func:`cache_bytes`)."""
+    if nbytes < 16:
+        raise ValueError(f"copy_bandwidth nbytes={nbytes!r} is not allowed: expected at least 16 bytes")
+    src = torch.empty(nbytes // 4, device=device, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    t = time_it(lambda: dst.copy_(src), device=device, min_run_time=min_run_time, clock=clock)
+    return 2 * src.numel() * 4 / t
+
+
 def _time_once(fn: Callable[[], object], device: str, clock: str = "wall") -> float:
     import time
 
@@ -183,7 +204,7 @@ def interleaved_times(fns: dict, *, device: str, min_run_time: float = 0.1, repe
     also sizes the reading). A callable faster than ``min_run_time`` is read by ``time_it``
     (a median over its own calls); a slower one by one synchronised call, since a block of
     calls would add nothing but time. Feed two of the lists to
-    :func:`dynbook.stats.timing_ratio`. ``clock`` as in :func:`time_it`."""
+    :func:`dynbook.book.stats.timing_ratio`. ``clock`` as in :func:`time_it`."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats!r} is not allowed: expected a positive integer")
     slow = {}
@@ -206,59 +227,6 @@ def least_median_seconds(fns: dict, *, device: str, min_run_time: float = 0.1, r
     all of them instead of one."""
     times = interleaved_times(fns, device=device, min_run_time=min_run_time, repeats=repeats)
     return {name: min(ts) for name, ts in times.items()}
-
-
-def affine_fit(x, y) -> tuple[float, float]:
-    """Least-squares slope and intercept of ``y ≈ intercept + slope · x``: the cost per unit
-    of ``x`` (per layer, per step) on top of a fixed cost. Unlike a log–log exponent, a
-    fixed overhead does not bend the slope."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"affine_fit: x and y must be 1-D of one length, got {x.shape} and {y.shape}")
-    if np.unique(x).size < 2 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("affine_fit needs finite values at two or more distinct x")
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(slope), float(intercept)
-
-
-def slope_ratio(x, numerator, denominator, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0):
-    """Ratio of the affine slopes (:func:`affine_fit`) of two timed quantities against ``x``.
-
-    ``numerator`` and ``denominator`` are ``(repeats, len(x))`` arrays of seconds from
-    interleaved repeats. On a shared machine load only adds time, so each fit uses the least
-    time at each ``x``; the interval is a bootstrap over repeats (each resample fits the
-    per-``x`` least times of its repeats). Returns a :class:`dynbook.stats.Estimate`."""
-    from .stats import Estimate
-
-    a = np.asarray(numerator, dtype=float)
-    b = np.asarray(denominator, dtype=float)
-    x = np.asarray(x, dtype=float)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != x.size or b.shape[1] != x.size:
-        raise ValueError(f"slope_ratio: expected (repeats, {x.size}) arrays, got {a.shape} and {b.shape}")
-    if a.shape[0] < 2 or b.shape[0] < 2:
-        raise ValueError("slope_ratio: need at least 2 repeats of each")
-
-    def ratio(ta, tb):
-        sb = affine_fit(x, tb)[0]
-        return affine_fit(x, ta)[0] / sb if sb > 0 else float("nan")
-
-    value = ratio(a.min(axis=0), b.min(axis=0))
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        ia = rng.integers(0, a.shape[0], a.shape[0])
-        ib = rng.integers(0, b.shape[0], b.shape[0])
-        boots.append(ratio(a[ia].min(axis=0), b[ib].min(axis=0)))
-    boots = np.asarray(boots)
-    boots = boots[np.isfinite(boots)]
-    if not np.isfinite(value) or boots.size == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), "slope ratio (denominator slope ≤ 0)", a.shape[0])
-    q = (1 - level) / 2
-    lo, hi = float(np.quantile(boots, q)), float(np.quantile(boots, 1 - q))
-    return Estimate(value, min(lo, value), max(hi, value),
-                    f"ratio of affine slopes of least times, bootstrap over "
-                    f"{min(a.shape[0], b.shape[0])} interleaved repeats", min(a.shape[0], b.shape[0]), (), level)
 
 
 # ----------------------------------------------------------------------------- the machine

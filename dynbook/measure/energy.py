@@ -434,7 +434,7 @@ def energy_per_call(kernels: list[Kernel], meter: "EnergyMeter", *, repeats: int
     """Net picojoules per call of each kernel, ``repeats`` readings each, the kernels
     interleaved. Each reading runs an exact number of calls (sized from a timing to last
     about ``seconds``) inside ``meter`` and divides its idle-subtracted joules by that count."""
-    from .measure import time_it
+    from dynbook.measure.timing import time_it
 
     if not meter.available:
         raise ValueError(f"energy_per_call needs a readable counter: {meter.reason}")
@@ -485,10 +485,10 @@ def fit_movement_model(copy: Kernel, copy_pj: float, fma: Kernel, fma_pj: float)
 
 
 def over_repeats(samples) -> "object":
-    """Mean and Student-t interval of repeated readings (a :class:`dynbook.stats.Estimate`)."""
+    """Mean and Student-t interval of repeated readings (a :class:`dynbook.book.stats.Estimate`)."""
     from dataclasses import replace
 
-    from .stats import over_seeds
+    from dynbook.book.stats import over_seeds
 
     est = over_seeds(samples)
     return replace(est, method=est.method.replace("seeds", "interleaved repeats"))

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import environment
+from dynbook.book import environment
 
 
 class CliError(Exception):
@@ -197,7 +197,7 @@ def claims_ledger(metrics: list[dict], titles: dict | None = None) -> str:
     """Markdown tables of every chapter's claims and verdicts, from the metrics files
     (``titles``: chapter slug → heading): the declared rule, the value with its interval, the
     negative control's outcome and the verdict."""
-    from .claims import _fmt
+    from dynbook.book.claims import _fmt
 
     lines = []
     for m in metrics:
@@ -290,7 +290,7 @@ def save_results(root: Path, metrics_dir: Path, chs: list[Chapter]) -> Path:
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a parameter of the chapter's parameters cell (repeatable)")
-    from .params import DEVICES, PROFILES
+    from dynbook.book.params import DEVICES, PROFILES
 
     p.add_argument("--profile", choices=PROFILES, help="shorthand for -p profile=…")
     p.add_argument("--device", choices=DEVICES, help="shorthand for -p device=…")

@@ -73,30 +73,6 @@ def diffusion_step_dense(u: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return (flat @ matrix.T).reshape(u.shape)
 
 
-# ----------------------------------------------------------------------------- cost counts
-
-
-def kernel_costs(kind: str, *, itemsize: int = 4, **shape) -> dict:
-    """FLOPs and compulsory memory traffic (every operand read once, the result written once)
-    of one call. Shapes: ``gemm(n, k, batch)`` = ``(batch, k) @ (k, n)``;
-    ``stencil(sites, batch)`` and ``dense_operator(sites, batch)`` = one diffusion step of
-    ``batch`` fields; ``scan(length, channels, batch)`` = a prefix sum along ``length``."""
-    if kind == "gemm":
-        n, k, b = shape["n"], shape["k"], shape["batch"]
-        return {"flops": 2 * n * k * b, "bytes": itemsize * (n * k + k * b + n * b)}
-    if kind == "stencil":
-        s, b = shape["sites"], shape["batch"]
-        # 4 neighbour adds, -4u, +α·lap: 7 FLOPs per site; read u, write the new u
-        return {"flops": 7 * s * b, "bytes": itemsize * 2 * s * b}
-    if kind == "dense_operator":
-        s, b = shape["sites"], shape["batch"]
-        return {"flops": 2 * s * s * b, "bytes": itemsize * (s * s + 2 * s * b)}
-    if kind == "scan":
-        n = shape["length"] * shape["channels"] * shape["batch"]
-        return {"flops": n, "bytes": itemsize * 2 * n}
-    raise ValueError(f"kind={kind!r} is not allowed: expected 'gemm', 'stencil', 'dense_operator' or 'scan'")
-
-
 # ----------------------------------------------------------------------------- relaxation
 
 

@@ -1,5 +1,5 @@
 """What a chapter shows: Markdown tables of measured rows (numbers formatted here, never typed
-into prose). Figures take their house style from :mod:`dynbook.plotting`."""
+into prose). Figures take one house style (:func:`use_style`, set once by ``dynbook.setup``)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,25 @@ def table(header: Sequence[str], rows: Iterable[Sequence], *, fmt: str = ".3g"):
             raise ValueError(f"table: a row has {len(row)} cells, the header {len(header)}: {row!r}")
         lines.append("| " + " | ".join(cell(v, fmt) for v in row) + " |")
     return Markdown("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- figures
+
+STYLE = {
+    "figure.figsize": (6.4, 4.0),
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": "medium",
+    "legend.frameon": False,
+    "font.size": 10,
+}
+
+
+def use_style() -> None:
+    import matplotlib
+
+    matplotlib.rcParams.update(STYLE)

@@ -1,4 +1,4 @@
-"""dynbook.sync: worker processes compute what one process computes, counters add up, and
+"""dynbook.sync.regimes: worker processes compute what one process computes, counters add up, and
 every failure mode (error, crash, hang, a peer that never joins) ends without orphans."""
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynbook import processes, sync
+from dynbook.sync import processes, regimes as sync
 
 TINY = sync.Problem(n_features=5, hidden=7, n_samples=203, seed=3)
 
@@ -192,7 +192,7 @@ def test_collective_with_absent_peer_fails_instead_of_hanging():
 def test_torchrun_entry_point():
     """The chapter's "across machines" command, on one machine (--standalone rendezvous)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dynbook.sync", "--regime", "local", "--period", "4", "--steps", "10", "--hidden", "8",
+           "-m", "dynbook.sync.regimes", "--regime", "local", "--period", "4", "--steps", "10", "--hidden", "8",
            "--timeout", "30"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)

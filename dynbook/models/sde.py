@@ -246,7 +246,7 @@ def memory_vs_steps(model: NeuralSDE, x0, x1, steps, *, dt: float, replicas: int
     """Peak bytes of one forward + backward of :func:`transition_nll` at each number of solver
     steps, backpropagating through torchsde's solver and with its stochastic adjoint (same
     Brownian path, seed 0), and the relative difference of their gradients."""
-    from .measure import peak_bytes
+    from dynbook.measure.timing import peak_bytes
 
     out = {"steps": list(steps), "backprop_bytes": [], "adjoint_bytes": [], "grad_rel_err": []}
     for n in steps:

@@ -69,7 +69,7 @@ def friction(lr, momentum):
 
 
 def _mass(momentum, convention):
-    from .ntk import continuum
+    from dynbook.models.ntk import continuum
 
     return continuum(momentum, convention)[0]
 
@@ -119,7 +119,7 @@ def _broadcast(*values, like):
 def predict_output(ntk0, f0, target, power, lr, momentum, n_steps, *, convention="leading",
                    gamma=None, rtol=RTOL, atol=ATOL):
     """The network's prediction in the NTK limit: c f̈ + γ ḟ + Θ_0 ℓ'(f) = 0, f(0) = f_0, ḟ(0) = 0,
-    read at the times of the heavy-ball steps k = 0 … K (see :func:`dynbook.ntk.continuum`
+    read at the times of the heavy-ball steps k = 0 … K (see :func:`dynbook.models.ntk.continuum`
     for c and the time of step k under each ``convention``).
 
     All arguments broadcast to (B,); ``gamma`` overrides γ = (1 − μ)/√η (for fitting γ).
@@ -127,7 +127,7 @@ def predict_output(ntk0, f0, target, power, lr, momentum, n_steps, *, convention
     """
     from torchdiffeq import odeint
 
-    from .ntk import continuum
+    from dynbook.models.ntk import continuum
 
     _check_power(power)
     _check_positive("lr", lr)
@@ -195,7 +195,7 @@ def flrw_of_network(ntk0, f0, target, power, lr, momentum, n_steps, *, planck_ma
     """The FLRW dual of a heavy-ball run: φ(0) = f_0 at rest, V = (Θ_0/c) ℓ + V_0 with
     V_0 = 3 M_P² H², H = γ/(3c); read at the times of the steps k = 0 … K. Same arguments as
     :func:`predict_output`, broadcast to (B,); returns the :func:`flrw` dict."""
-    from .ntk import continuum
+    from dynbook.models.ntk import continuum
 
     f0 = torch.as_tensor(f0, dtype=torch.float64) if not torch.is_tensor(f0) else f0
     lr, momentum = _broadcast(lr, momentum, like=f0)
@@ -284,7 +284,7 @@ def homogeneous_scan(configs, *, weight_stds, lr_momentum, powers, n_seeds, n_st
     """
     import itertools
 
-    from .ntk import CONVENTIONS, train_ensemble
+    from dynbook.models.ntk import CONVENTIONS, train_ensemble
 
     x = torch.full((1, 1), float(x0), dtype=torch.float64, device=device)
     names = sorted({cfg.activation for cfg in configs})
@@ -398,7 +398,7 @@ def ntk_modes(ntk: torch.Tensor):
 
 
 def _mode_setup(f0, power, lr, momentum, n_steps, convention):
-    from .ntk import continuum
+    from dynbook.models.ntk import continuum
 
     _check_power(power)
     _check_positive("lr", lr)
@@ -488,7 +488,7 @@ def mode_analysis(run: dict, lr, momentum, n_steps, *, control_kernel_scale=0.1)
     """Compare trained networks with the mean-field and perturbation equations, mode by mode
     (the source's Figure 5), for both continuum conventions.
 
-    ``run``: the dict of :func:`dynbook.ntk.train_ensemble` for B networks on N inputs (``f``
+    ``run``: the dict of :func:`dynbook.models.ntk.train_ensemble` for B networks on N inputs (``f``
     (K + 1, B, N), ``f0``, ``target`` (B, N), ``ntk0``, ``ntk_end`` (B, N, N), ``power`` (B,)).
     Actual modes are g = Vᵀ f in the eigenbasis of each network's Θ_0. Returns (B,) tensors
 
@@ -504,7 +504,7 @@ def mode_analysis(run: dict, lr, momentum, n_steps, *, control_kernel_scale=0.1)
     |Δg_i,pred − Δg_i|/|Δg_i| (1 when the equations predict no motion at all),
     ``motion_vs_mean`` |Δg_i|/|Δg_1|; plus ``g`` and ``g_pred`` (K + 1, B, N).
     """
-    from .ntk import CONVENTIONS
+    from dynbook.models.ntk import CONVENTIONS
 
     f, f0, target, ntk0, power = run["f"], run["f0"], run["target"], run["ntk0"], run["power"]
     lam, vec = ntk_modes(ntk0)

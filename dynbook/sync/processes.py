@@ -5,7 +5,7 @@
 port, returns each rank's result, and on an error, a crash, a hang past ``timeout`` or an
 interrupt terminates and then kills every worker: no orphans, no hung test. Workers also exit
 when the parent dies. Across machines the same worker functions run under ``torchrun`` (see
-``python -m dynbook.sync --help``).
+``python -m dynbook.sync.regimes --help``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ every step, and *jitter* makes every worker sleep ``jitter_delay`` with probabil
 measured, so :attr:`RunResult.idle_per_delay` can say how much of it a regime turned into
 idle time across the workers.
 
-Processes: :func:`dynbook.processes.launch` spawns the workers (start method ``spawn``: safe
+Processes: :func:`dynbook.sync.processes.launch` spawns the workers (start method ``spawn``: safe
 inside a Jupyter kernel, so worker functions live in this module), rendezvous through a TCP
 store that the parent hosts on a free localhost port, with timeouts on the rendezvous and every
 collective; all regimes of :func:`run_jobs` share one launch. Across machines the same worker
@@ -38,7 +38,7 @@ code runs under ``torchrun`` (see :func:`main`; the waiting inference then needs
 clocks, which separate hosts do not have)::
 
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d \\
-             --rdzv-endpoint HOST:29500 -m dynbook.sync --regime local --period 8
+             --rdzv-endpoint HOST:29500 -m dynbook.sync.regimes --regime local --period 8
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .processes import BACKENDS, check_positive, launch, resolve_backend
+from dynbook.sync.processes import BACKENDS, check_positive, launch, resolve_backend
 
 REGIMES = ("sync", "local", "hogwild", "alone")
 SHARDINGS = ("iid", "sorted")
@@ -338,7 +338,7 @@ class _Delays:
 
 
 def _energy_meter(device: torch.device):
-    from .energy import EnergyMeter
+    from dynbook.measure.energy import EnergyMeter
 
     if device.type == "cuda":
         return EnergyMeter("cuda", idle_seconds=0, gpu_index=device.index or 0)
@@ -641,7 +641,7 @@ class RunResult:
 def _check_jobs(jobs: Sequence[Job], world_size: int) -> None:
     for j in jobs:
         if not isinstance(j, Job):
-            raise ValueError(f"jobs must be dynbook.sync.Job, got {type(j).__name__}")
+            raise ValueError(f"jobs must be dynbook.sync.regimes.Job, got {type(j).__name__}")
         r = j.regime
         if r.straggler_rank is not None and not 0 <= r.straggler_rank < world_size:
             raise ValueError(f"straggler_rank={r.straggler_rank!r} is not allowed: expected 0..{world_size - 1}")
@@ -777,12 +777,12 @@ def expected_idle_per_delay(prob: float, world_size: int, period: int, n_steps: 
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Entry point for ``torchrun ... -m dynbook.sync``: the same worker code as
+    """Entry point for ``torchrun ... -m dynbook.sync.regimes``: the same worker code as
     :func:`train_distributed`, with the rendezvous from torchrun's environment (``env://``).
     Rank 0 prints one JSON line with the run's counters and final loss."""
     import torch.distributed as dist
 
-    parser = argparse.ArgumentParser(prog="python -m dynbook.sync", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dynbook.sync.regimes", description=main.__doc__)
     parser.add_argument("--regime", choices=("sync", "local"), default="sync")
     parser.add_argument("--period", type=int, default=1)
     parser.add_argument("--steps", type=int, default=Training.n_steps)

@@ -12,7 +12,7 @@ Two kinds of statement live here:
   implementations agree, an order of convergence is met). A failing check stops the chapter.
 
 Claims of the source documents get their verdicts through the claims protocol of
-:mod:`dynbook.claims` (declared rule, interval, negative control), which writes into the same
+:mod:`dynbook.book.claims` (declared rule, interval, negative control), which writes into the same
 record. A verdict may be "not supported" on some hardware; that is a result, not an error.
 """
 
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import environment
+from dynbook.book import environment
 
 VERDICTS = ("supported", "not supported", "inconclusive", "unavailable")
 

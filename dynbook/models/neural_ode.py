@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .kernels.rk4 import mlp_field, rk4_mlp, rk4_mlp_reference
+from dynbook.kernels.rk4 import mlp_field, rk4_mlp, rk4_mlp_reference
 
 FIXED = ("euler", "midpoint", "rk4")  # torchdiffeq's rk4 is the 3/8 rule
 ADAPTIVE = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "fehlberg2")
@@ -288,13 +288,13 @@ def _flat_grad(params):
 
 def training_memory(model: ODENet, x, y, *, device: str) -> tuple[int, torch.Tensor]:
     """Peak memory of one forward + backward, above what was held before, and the gradient it
-    gives: the CUDA allocator's peak on a GPU, :class:`~dynbook.measure.TensorBytesPeak`
+    gives: the CUDA allocator's peak on a GPU, :class:`~dynbook.measure.timing.TensorBytesPeak`
     (tensor storage materialised by ATen operators while it lives) on a CPU.
 
     The peak spans the backward pass on purpose: the adjoint method keeps nothing per step in
     its forward pass but builds a one-step graph for each step of its backward solve, and
     the gradients themselves are allocated there."""
-    from .measure import peak_bytes
+    from dynbook.measure.timing import peak_bytes
 
     params = list(model.parameters())
     for p in params:
@@ -339,10 +339,10 @@ def memory_vs_steps(model: ODENet, x, y, steps, *, device: str) -> dict:
 def interleaved_seconds(fns: dict, *, device: str, repeats: int = 3,
                         min_run_time: float = 0.05) -> dict:
     """``{name: [seconds per call, one per repeat]}``: the median of each callable
-    (:func:`~dynbook.measure.time_it`, synchronised on CUDA), the callables interleaved in
+    (:func:`~dynbook.measure.timing.time_it`, synchronised on CUDA), the callables interleaved in
     every repeat so that a burst of load on a shared machine widens every series instead of
-    biasing one. Feed two series to :func:`dynbook.stats.timing_ratio`."""
-    from .measure import time_it
+    biasing one. Feed two series to :func:`dynbook.book.stats.timing_ratio`."""
+    from dynbook.measure.timing import time_it
 
     if repeats < 2:
         raise ValueError(f"repeats={repeats!r} is not allowed: an interval needs at least 2")
@@ -356,14 +356,14 @@ def interleaved_seconds(fns: dict, *, device: str, repeats: int = 3,
 def energy_per_sample(models: dict, x, *, device: str, meter, repeats: int = 3,
                       min_seconds: float = 1.0) -> dict:
     """Joules per sample of inference ``model(x)`` for each of ``models`` (name → module),
-    from ``meter`` (an :class:`~dynbook.energy.EnergyMeter`), in ``repeats`` interleaved
+    from ``meter`` (an :class:`~dynbook.measure.energy.EnergyMeter`), in ``repeats`` interleaved
     rounds of at least ``min_seconds`` each.
 
     Returns ``{"available", "reason", "gross": {name: [J/sample]}, "net": {name: [J/sample]},
     "net_fraction": smallest net/gross over all readings}``. Net is gross minus the meter's idle
     power × duration; a net share that is a small fraction of gross means idle power, not the
     model, dominates the reading (the caller decides how small is too small)."""
-    from .measure import time_it
+    from dynbook.measure.timing import time_it
 
     out = {"available": False, "reason": "", "gross": {n: [] for n in models},
            "net": {n: [] for n in models}, "net_fraction": None}

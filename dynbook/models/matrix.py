@@ -13,8 +13,8 @@ intra-op thread waits for a busy core, and the wait, not the work, then sets the
 9 measured batch 8 at 50× the time of batch 1 with two threads, 1.4–1.8× with one).
 On a CPU the clock is that thread's CPU time (:func:`timing_clock`), so the time a shared
 machine gives to other processes is not charged to the kernel. Comparisons are timed
-interleaved (:func:`dynbook.measure.interleaved_times`) and decided on ratios with bootstrap
-intervals (:func:`dynbook.stats.timing_ratio`).
+interleaved (:func:`dynbook.measure.timing.interleaved_times`) and decided on ratios with bootstrap
+intervals (:func:`dynbook.book.stats.timing_ratio`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .energy import EnergyMeter, EnergyReading
-from .measure import SavedTensorBytes, cuda_peak_memory, interleaved_times, num_threads, time_it
-from .stats import Estimate, timing_ratio
+from dynbook.measure.costs import gemm_bytes, gemm_flops, intensity
+from dynbook.measure.energy import EnergyMeter, EnergyReading
+from dynbook.measure.timing import SavedTensorBytes, copy_bandwidth, cuda_peak_memory, interleaved_times, num_threads, time_it
+from dynbook.book.stats import Estimate, timing_ratio
 
 #: name → (torch dtype, allow TF32 for float32 matmuls)
 DTYPES = {
@@ -75,38 +76,9 @@ def timing_threads(device: str):
 
 def timing_clock(device: str) -> str:
     """The clock of every timing of this module: on a CPU the one working thread's CPU time
-    (:func:`dynbook.measure.time_it`; time the core gives to other processes is not charged),
+    (:func:`dynbook.measure.timing.time_it`; time the core gives to other processes is not charged),
     on CUDA the synchronised wall clock."""
     return "thread" if device == "cpu" else "wall"
-
-
-# ----------------------------------------------------------------------------- counting
-
-
-def gemm_flops(m: int, n: int, k: int) -> int:
-    return 2 * m * n * k
-
-
-def gemm_bytes(m: int, n: int, k: int, itemsize: int) -> int:
-    """Minimal memory traffic of a GEMM: read A (m×k) and B (k×n) once, write C (m×n) once."""
-    return itemsize * (m * k + k * n + m * n)
-
-
-def intensity(m: int, n: int, k: int, itemsize: int) -> float:
-    """Arithmetic intensity in FLOP per byte; ≈ 2/itemsize · m for m ≪ n = k (a GEMV at m = 1)."""
-    return gemm_flops(m, n, k) / gemm_bytes(m, n, k, itemsize)
-
-
-def roofline(intensity_flop_per_byte, peak_flops: float, bandwidth: float):
-    """Attainable FLOP/s at the given intensity: ``min(peak, I · bandwidth)``."""
-    import numpy as np
-
-    return np.minimum(peak_flops, np.asarray(intensity_flop_per_byte, dtype=float) * bandwidth)
-
-
-def ridge_intensity(peak_flops: float, bandwidth: float) -> float:
-    """Intensity where the two roofs meet: below it a kernel is bandwidth-bound."""
-    return peak_flops / bandwidth
 
 
 # ----------------------------------------------------------------------------- sizing
@@ -142,7 +114,7 @@ def training_bytes(depth: int, *, width: int, batch: int, itemsize: int = 4) -> 
 def depths_that_fit(depths, *, width: int, batch: int, free_bytes: int, itemsize: int = 4,
                     share: float = 0.5) -> list[int]:
     """The depths, smallest first, that :func:`training_cost` can hold at once in ``share`` of
-    ``free_bytes`` (the device's free memory, :func:`dynbook.measure.free_memory_bytes`):
+    ``free_bytes`` (the device's free memory, :func:`dynbook.measure.timing.free_memory_bytes`):
     every depth's trained net and its frozen twin stay alive for the interleaved timing, and
     one training step (:func:`training_bytes`) runs at a time."""
     kept, resident = [], 0
@@ -173,12 +145,8 @@ def measure_peak_matmul(device: str, dtype: str = "fp32", size: int = 4096, *,
 
 
 def _copy_bandwidth(device: str, nbytes: int, min_run_time: float) -> float:
-    src = torch.empty(max(1, nbytes // 4), device=device, dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
     with timing_threads(device):
-        t = time_it(lambda: dst.copy_(src), device=device, min_run_time=min_run_time,
-                    clock=timing_clock(device))
-    return 2 * src.numel() * 4 / t
+        return copy_bandwidth(device, nbytes, min_run_time=min_run_time, clock=timing_clock(device))
 
 
 def measure_copy_bandwidth(device: str, nbytes: int = 256 * 2**20, *, min_run_time: float = 0.5) -> float:
@@ -190,7 +158,7 @@ def measure_copy_bandwidth(device: str, nbytes: int = 256 * 2**20, *, min_run_ti
 
 def measure_cache_roofs(device: str, caches: dict, *, min_run_time: float = 0.1) -> dict:
     """Copy bandwidth with both buffers inside each cache level of ``caches``
-    (:func:`dynbook.measure.cache_bytes`; each buffer a quarter of the level): ``{level:
+    (:func:`dynbook.measure.timing.cache_bytes`; each buffer a quarter of the level): ``{level:
     bytes/s}``. These are the roofs a kernel whose operands stay in that cache can reach."""
     out = {}
     for level, size in caches.items():

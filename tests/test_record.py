@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dynbook
-from dynbook import metrics
+from dynbook.book import record as metrics
 
 
 @pytest.fixture
@@ -60,13 +60,13 @@ def test_setup_rejects_unknown_and_bad_parameters_before_any_work(tmp_path, monk
     assert not (tmp_path / "99_test.json").exists()
     ns = {"profile": "quick", "device": "cpu", "seed": 0, "n": 0}
     with pytest.raises(dynbook.ParameterError, match=r"'n' = 0 \(int\).*\[1, 8\]"):
-        dynbook.setup("99_test", ns, {"n": dynbook.params.Int(1, 8)}, metrics_dir=str(tmp_path))
+        dynbook.setup("99_test", ns, {"n": dynbook.book.params.Int(1, 8)}, metrics_dir=str(tmp_path))
 
 
 def test_setup_returns_resolved_run(tmp_path, monkeypatch):
     monkeypatch.setattr(dynbook, "_setup_calls", 0)
     run = dynbook.setup("99_test", {"profile": "auto", "device": "cpu", "seed": 5, "n": None},
-                        {"n": dynbook.params.Optional(dynbook.params.Int(1, 8))}, metrics_dir=str(tmp_path))
+                        {"n": dynbook.book.params.Optional(dynbook.book.params.Int(1, 8))}, metrics_dir=str(tmp_path))
     assert run.profile == "quick" and run.device == "cpu" and run.seed == 5
     assert run.get("n", quick=2, full=8) == 2
     assert json.loads((tmp_path / "99_test.json").read_text())["profile"] == "quick"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynbook import measure
+from dynbook.measure import timing as measure
 
 
 def test_interleaved_times_alternate_the_callables():
@@ -26,32 +26,6 @@ def test_interleaved_times_alternate_the_callables():
 def test_least_median_seconds_is_the_least_repeat():
     out = measure.least_median_seconds({"x": lambda: sum(range(100))}, device="cpu", min_run_time=0.001, repeats=2)
     assert out["x"] > 0
-
-
-def test_affine_fit_recovers_slope_and_intercept_where_loglog_does_not():
-    depth = np.array([2, 4, 8, 16, 32.0])
-    t = 5.0 + 0.25 * depth  # a fixed overhead plus a cost per layer
-    slope, intercept = measure.affine_fit(depth, t)
-    assert slope == pytest.approx(0.25) and intercept == pytest.approx(5.0)
-    exponent, _ = measure.loglog_fit(depth, t)
-    assert exponent < 0.8  # the overhead bends the log–log exponent away from 1
-    with pytest.raises(ValueError):
-        measure.affine_fit([1, 1], [2, 3])
-
-
-def test_slope_ratio_recovers_a_known_ratio_with_an_interval():
-    rng = np.random.default_rng(1)
-    depth = np.array([2, 4, 8, 16.0])
-    fwd = 1.0 + 0.1 * depth
-    step = 2.0 + 0.3 * depth  # three times the forward cost per layer
-    noise = lambda: 1 + 0.05 * rng.random((6, depth.size))  # load only adds time
-    est = measure.slope_ratio(depth, step * noise(), fwd * noise())
-    assert est.lo <= est.value <= est.hi
-    assert 2.5 < est.value < 3.5 and 2.0 < est.lo and est.hi < 4.0
-    exact = measure.slope_ratio(depth, np.tile(step, (3, 1)), np.tile(fwd, (3, 1)))
-    assert exact.value == pytest.approx(3.0) and exact.lo == pytest.approx(3.0) and exact.hi == pytest.approx(3.0)
-    with pytest.raises(ValueError):
-        measure.slope_ratio(depth, step[None], fwd[None])
 
 
 def test_cache_bytes_reads_sysfs(tmp_path):

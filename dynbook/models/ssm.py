@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .measure import loglog_fit, peak_bytes
-from .stats import Estimate
-from .kernels.scan import (linear_scan_parallel, linear_scan_reference, selective_scan,
+from dynbook.measure.timing import peak_bytes
+from dynbook.measure.fits import loglog_fit
+from dynbook.book.stats import Estimate
+from dynbook.kernels.scan import (linear_scan_parallel, linear_scan_reference, selective_scan,
                            selective_scan_chunked, selective_scan_parallel)
 
 MODES = ("recurrence", "conv", "scan")
@@ -510,7 +511,7 @@ def interleaved_seconds(fns: dict, *, repeats: int, device: str = "cpu", min_tim
 def cost_spread(seconds: dict, *, seed: int = 0):
     """Slowest ÷ fastest of several computations from interleaved readings (``seconds[name]``:
     seconds per repeat): ``(Estimate, slowest, fastest)``, the two picked by their least
-    reading, the ratio by :func:`dynbook.stats.timing_ratio` (bootstrap of least readings). Applied to two copies of one computation it
+    reading, the ratio by :func:`dynbook.book.stats.timing_ratio` (bootstrap of least readings). Applied to two copies of one computation it
     measures only the timing noise (≈ 1)."""
     if len(seconds) < 2:
         raise ValueError(f"cost_spread needs at least two computations, got {list(seconds)}")
@@ -518,7 +519,7 @@ def cost_spread(seconds: dict, *, seed: int = 0):
     slowest, fastest = max(least, key=least.get), min(least, key=least.get)
     if slowest == fastest:
         slowest, fastest = list(seconds)[:2]
-    from .stats import timing_ratio
+    from dynbook.book.stats import timing_ratio
 
     return timing_ratio(seconds[slowest], seconds[fastest], seed=seed, bootstrap="least"), slowest, fastest
 
@@ -603,7 +604,7 @@ def crossover_length(lengths, quadratic, linear):
 
 
 def fitted_crossover(fit_a: tuple[float, float], fit_b: tuple[float, float]) -> float | None:
-    """Where two power laws ``exp(c) L^s`` from :func:`dynbook.measure.loglog_fit` meet."""
+    """Where two power laws ``exp(c) L^s`` from :func:`dynbook.measure.timing.loglog_fit` meet."""
     (sa, ca), (sb, cb) = fit_a, fit_b
     if sa == sb:
         return None
@@ -616,12 +617,12 @@ def crossover(lengths, attention, scan, *, seed: int = 0) -> dict:
     are skipped).
 
     ``ratio_longest`` / ``ratio_shortest``: attention ÷ scan time at the longest / shortest
-    length (:func:`dynbook.stats.timing_ratio`, an interval over the repeats); a crossover is
+    length (:func:`dynbook.book.stats.timing_ratio`, an interval over the repeats); a crossover is
     *measured* when the first is above 1 and the second below. ``measured``: the first length
     from which attention's least time stays above the scan's (None if none). ``fitted``: where
     the power laws fitted to the longer half meet: an extrapolation, reported, never decisive.
     ``text``: one sentence for the prose."""
-    from .stats import timing_ratio
+    from dynbook.book.stats import timing_ratio
 
     rows = [(L, a, s) for L, a, s in zip(lengths, attention, scan) if len(a) >= 2 and len(s) >= 2
             and np.all(np.isfinite(a)) and np.all(np.isfinite(s))]
@@ -659,7 +660,7 @@ def scaling_sweep(lengths, *, d_model: int, d_state: int, device: str, dtype=tor
     of the selective scan ("ssm"), at each length.
 
     Time: :func:`interleaved_seconds` over every (method, length) at once, ``repeats``
-    readings each, read from ``clock`` (see :func:`timing_clock`). Memory: :func:`dynbook.measure.peak_bytes`, once (the CUDA allocator's
+    readings each, read from ``clock`` (see :func:`timing_clock`). Memory: :func:`dynbook.measure.timing.peak_bytes`, once (the CUDA allocator's
     peak on a GPU; on a CPU the tensors ATen operators materialise, blind to a fused
     kernel's internal scratch). The projections are left out of both (the same ``O(L d²)``
     GEMMs in each): this is the part that differs, token mixing. Returns ``{"length": [...],
@@ -710,7 +711,7 @@ def scan_speed(b: int, l: int, d: int, n: int, *, device: str = "cuda", dtype=to
     :func:`dynbook.kernels.scan.selective_scan_bytes`. ``"triton_again"`` in ``impls`` times
     the kernel a second time, as if it were another implementation (the negative control of a
     speed-up: the ratio of two copies of one computation is ≈ 1)."""
-    from .kernels import scan as _scan
+    from dynbook.kernels import scan as _scan
 
     args = _scan.selective_scan_inputs(b, l, d, n, dtype=dtype, device=device, seed=seed)
     nbytes = _scan.selective_scan_bytes(b, l, d, n, torch.empty((), dtype=dtype).element_size())
@@ -734,7 +735,7 @@ def scan_speed(b: int, l: int, d: int, n: int, *, device: str = "cuda", dtype=to
 def energy_per_token(meter, fns: dict, *, tokens: int, readings: int = 3, min_seconds: float = 1.0,
                      device: str = "cpu") -> dict:
     """``{name: [picojoules per token, net of idle power] × readings}`` from ``meter``
-    (:class:`dynbook.energy.EnergyMeter`), the callables interleaved; each reading runs a
+    (:class:`dynbook.measure.energy.EnergyMeter`), the callables interleaved; each reading runs a
     callable back to back for ≥ ``min_seconds`` (energy counters tick in ms or coarser).
     ``None`` entries where the meter gave no net reading."""
     if readings < 1 or tokens < 1:

@@ -3,7 +3,7 @@
 A chapter declares its claims in one place, before any experiment (:func:`declare`): each
 :class:`Claim` has an id, a source (seed file and section, or "this book"), a statement, the
 measured quantity, a decision :class:`Rule` and the negative control, a case where the claim
-must fail. After measuring, the chapter calls :func:`decide` with an :class:`~dynbook.stats.Estimate`
+must fail. After measuring, the chapter calls :func:`decide` with an :class:`~dynbook.book.stats.Estimate`
 (value and interval) of the claim's quantity and one of the negative control's; the rule turns
 each into a verdict:
 
@@ -25,11 +25,13 @@ outcome, from the claim's ``says`` templates), so prose that states an outcome f
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
-from . import metrics as _record
-from .stats import Estimate, exact
+from dynbook.book import record as _record
+from dynbook.book.stats import Estimate, exact
 
 VERDICTS = _record.VERDICTS
 OUTCOMES = ("supported", "not supported", "inconclusive")
@@ -139,9 +141,79 @@ class Claim:
                 "unit": self.unit, "rule": self.rule.as_dict(), "control_case": self.control}
 
 
-def declare(*claims: Claim, show: bool = True):
+DECLARED = Path(__file__).resolve().parent.parent / "declared"
+_RULES = {"at_least": at_least, "at_most": at_most, "within": within}
+_FIELD = re.compile(r"\$\{(\w+)(:[^}]*)?\}")
+
+
+def declared_path(chapter: str) -> Path:
+    """``dynbook/declared/<topic>.yaml`` for chapter ``NN_topic`` (the number may change as
+    chapters are inserted; the topic does not)."""
+    topic = re.sub(r"^\d+_", "", chapter)
+    return DECLARED / f"{topic}.yaml"
+
+
+def load(chapter: str, values: Mapping | None = None) -> list[Claim]:
+    """The claims chapter ``chapter`` declares, read from its YAML file (see
+    ``dynbook/declared/README.md``). ``${name}`` or ``${name:.3g}`` in any text, and a rule
+    threshold written as ``${name}``, take the run's value of ``name`` (a parameter, or a
+    constant the chapter passes to :func:`declare`)."""
+    import yaml
+
+    path = declared_path(chapter)
+    if not path.exists():
+        raise FileNotFoundError(f"chapter {chapter!r} declares its claims in {path}, which does not exist")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a mapping claim id → declaration")
+    values = dict(values or {})
+
+    def fill(text, where):
+        def one(m):
+            name, spec = m.group(1), (m.group(2) or "")[1:]
+            if name not in values:
+                raise KeyError(f"{path.name}: {where} uses ${{{name}}}, which is neither a parameter nor "
+                               f"a value passed to dynbook.declare (given: {sorted(values)})")
+            return format(values[name], spec)
+        return _FIELD.sub(one, str(text))
+
+    claims = []
+    for cid, d in data.items():
+        where = f"claim {cid}"
+        allowed = {"source", "statement", "quantity", "unit", "rule", "control", "says"}
+        if not isinstance(d, dict) or set(d) - allowed:
+            raise ValueError(f"{path.name}: {where} has keys {sorted(set(d or {}) - allowed)}; allowed are {sorted(allowed)}")
+        rule = dict(d.get("rule") or {})
+        kinds = [k for k in rule if k in _RULES]
+        if len(kinds) != 1 or set(rule) - {kinds[0], "tol", "band"}:
+            raise ValueError(f"{path.name}: {where} rule {rule!r}: expected one of at_least/at_most/within "
+                             "with its threshold, and optional band (and tol for within)")
+        num = {k: float(fill(v, f"{where} rule {k}")) for k, v in rule.items()}
+        kind = kinds[0]
+        rule = _RULES[kind](num[kind], num["tol"], num.get("band", 0.0)) if kind == "within" \
+            else _RULES[kind](num[kind], num.get("band", 0.0))
+        claims.append(Claim(str(cid), source=fill(d.get("source", ""), where),
+                            statement=fill(d.get("statement", ""), where),
+                            quantity=fill(d.get("quantity", ""), where), rule=rule,
+                            control=fill(d.get("control", ""), where), unit=fill(d.get("unit", ""), where),
+                            says={k: fill(v, f"{where} says") for k, v in (d.get("says") or {}).items()}))
+    return claims
+
+
+def declare(*claims, show: bool = True, **values):
     """Declare a chapter's claims before its experiments: record them with their rules and
-    return the claims table (a Markdown object the cell displays) when ``show``."""
+    return the claims table (a Markdown object the cell displays) when ``show``.
+
+    ``declare(run, **values)`` reads the chapter's claims from ``dynbook/declared/<topic>.yaml``
+    (:func:`load`), filling ``${name}`` fields from the run's parameters and ``values``;
+    ``declare(claim, claim, ...)`` takes :class:`Claim` objects."""
+    from dynbook.book.params import Run
+
+    if len(claims) == 1 and isinstance(claims[0], Run):
+        run = claims[0]
+        claims = tuple(load(run.chapter, {**run.values, **values}))
+    elif values:
+        raise TypeError(f"declare: values {sorted(values)} are only used with declare(run, ...)")
     rec = _record.current()
     seen = set()
     for c in claims:
@@ -180,7 +252,7 @@ def _as_estimate(x) -> Estimate | None:
         return x
     if isinstance(x, (int, float)):
         return exact(x) if math.isfinite(x) else None
-    raise TypeError(f"expected a dynbook.stats.Estimate, a number or None, got {type(x).__name__}")
+    raise TypeError(f"expected a dynbook.book.stats.Estimate, a number or None, got {type(x).__name__}")
 
 
 def _sentence(claim: Claim, word: str, est: Estimate | None, ctrl: Estimate | None) -> str:

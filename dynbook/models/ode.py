@@ -272,7 +272,7 @@ def convergence_order(depths: Sequence[int], errors: Sequence[float], *, floor: 
     """Order p of error ∝ L^(−p): minus the log-log slope over the depths with
     L ≥ ``min_depth`` and error > ``floor`` (the reference's own error, times a margin).
     Returns (p, depths used)."""
-    from .measure import loglog_fit
+    from dynbook.measure.fits import loglog_fit
 
     used = [(L, e) for L, e in zip(depths, errors) if L >= min_depth and e > floor]
     if len(used) < 2:

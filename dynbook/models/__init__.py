@@ -1,0 +1,8 @@
+"""The subjects of the book: the systems its chapters build, train and measure.
+
+``matrix`` (GEMM workloads and MLPs at the limits of batch and memory), ``ode`` and
+``neural_ode`` (ResNets as discretised ODEs, Neural ODEs and their solvers), ``sde`` and
+``diffusion`` (Neural SDEs, score-based diffusion), ``ssm`` (state-space layers and the
+selective scan), ``ntk`` and ``cosmo`` (training as a damped oscillator, the neural tangent
+kernel, and the scalar-field universe dual to momentum descent).
+"""
