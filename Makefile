@@ -20,11 +20,14 @@ venv: $(BIN)/.installed
 book: venv  ## execute every chapter with papermill, build the HTML, print index.html
 	$(BIN)/dynbook book $(ARGS)
 
+# The unit tests run spread over the cores (pytest-xdist); the chapter tests then make their
+# runs as separate processes, DYNBOOK_TEST_JOBS (default 2) at a time.
 test: venv  ## unit tests + every chapter executed with profile=quick
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "not chapter" -n auto $(ARGS)
+	$(BIN)/python -m pytest -m chapter $(ARGS)
 
-test-fast: venv  ## unit tests only, no chapter runs (the developer's loop; ~5 min on 2 cores)
-	$(BIN)/python -m pytest -m "not chapter" $(ARGS)
+test-fast: venv  ## unit tests only, no chapter runs (the developer's loop)
+	$(BIN)/python -m pytest -m "not chapter" -n auto $(ARGS)
 
 list: venv
 	$(BIN)/dynbook list
