@@ -1,5 +1,7 @@
 """EnergyMeter: RAPL with wrap, NVML through a fake library, and the explicit 'unavailable'."""
 
+import math
+
 import pytest
 
 from dynbook.measure import energy
@@ -125,7 +127,7 @@ def test_nvml_unsupported_is_unavailable(monkeypatch):
 
 
 def test_bad_meter_arguments():
-    with pytest.raises(ValueError, match="device 'tpu' is not allowed"):
+    with pytest.raises(ValueError, match="device='tpu' is not allowed"):
         EnergyMeter("tpu")
     with pytest.raises(ValueError, match="idle_seconds=-1"):
         EnergyMeter("cpu", idle_seconds=-1)
@@ -278,6 +280,16 @@ def test_movement_study_sees_a_gemv_the_model_does_not_explain():
     assert out["measured_over_model"] == pytest.approx([2.0, 2.0])
 
 
+def test_movement_study_leaves_ratios_undefined_when_a_counter_reads_nothing():
+    meter = WorkMeter()
+    kernels = fake_kernels(meter, e_byte=0.0, e_flop=0.0)
+    per_call = energy.energy_per_call(list(kernels.values()), meter, repeats=2, seconds=1e-4)
+    out = energy.movement_study(per_call, kernels, target="gemv", control="gemm")
+    assert all(math.isnan(v) for v in out["measured_over_model"])
+    with pytest.raises(ValueError):
+        energy.over_repeats(out["measured_over_model"])
+
+
 def test_energy_per_call_needs_a_counter_and_idle_power(tmp_path):
     meter = EnergyMeter("cpu", powercap_root=tmp_path / "nothing")
     k = energy.Kernel("x", lambda: None, 1.0, 1.0)
@@ -286,7 +298,37 @@ def test_energy_per_call_needs_a_counter_and_idle_power(tmp_path):
     make_zone(tmp_path, "intel-rapl:0", 0, 2**32)
     meter = EnergyMeter("cpu", powercap_root=tmp_path, idle_seconds=0, poll_seconds=0)
     with pytest.raises(ValueError, match="idle power"):
-        energy.energy_per_call([k], meter, repeats=1, seconds=1e-4)
+        energy.energy_per_call([k], meter, repeats=2, seconds=1e-4)
+    # one reading gives no interval: metered's repeat rule asks for two
+    with pytest.raises(ValueError, match="readings=1 is not allowed"):
+        energy.energy_per_call([k], WorkMeter(), repeats=1, seconds=1e-4)
+    with pytest.raises(ValueError, match="expected distinct names"):
+        energy.energy_per_call([k, k], WorkMeter(), repeats=2, seconds=1e-4)
+
+
+def test_energy_per_call_is_metered_interleaved_with_exact_call_counts(monkeypatch):
+    """energy_per_call reads through metered (one repeat rule), one call as the unit: each
+    reading divides by the exact number of calls it ran."""
+    from dynbook.measure import metered as metered_module
+
+    meter = WorkMeter()
+
+    def kernel(name, pj):
+        def fn():
+            meter.pj += pj
+        return energy.Kernel(name, fn, 1.0, 1.0)
+
+    seen = {}
+    real = metered_module.metered
+
+    def spy(fns, **kw):
+        seen.update(kw)
+        return real(fns, **kw)
+
+    monkeypatch.setattr(metered_module, "metered", spy)
+    out = energy.energy_per_call([kernel("a", 3.0), kernel("b", 5.0)], meter, repeats=3, seconds=1e-4)
+    assert seen["readings"] == 3 and seen["units"] == 1.0 and seen["meter"] is meter
+    assert out == {"a": pytest.approx([3.0] * 3), "b": pytest.approx([5.0] * 3)}
 
 
 def test_fit_movement_model_rejects_kernels_alike():

@@ -16,9 +16,10 @@ stopped falling: a device that has just worked is still hot) and the reading giv
 joules and idle-subtracted (net) joules.
 
 What a byte and a FLOP cost on the running device is measured by two kernels that each do one
-thing — a copy past the caches and an FMA loop in registers (:func:`energy_per_call`,
-:func:`fit_movement_model`) — and :func:`movement_study` uses the two costs to split and
-predict a GEMV's energy.
+thing — a copy past the caches and an FMA loop in registers, read per call through
+:func:`dynbook.measure.metered.metered` (:func:`energy_per_call`) and solved for the two costs
+(:func:`fit_movement_model`) — and :func:`movement_study` uses them to split and predict a
+GEMV's energy.
 
 The per-operation energy model of Horowitz (ISSCC 2014, 45 nm) is here too, as a model to set
 beside measurements, never in place of one.
@@ -31,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from dynbook import _checks
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 
@@ -225,10 +228,8 @@ class EnergyMeter:
     def __init__(self, device: str = "cpu", *, idle_seconds: float = 0.5, poll_seconds: float = 1.0,
                  powercap_root: str | Path = POWERCAP_ROOT, gpu_index: int = 0, nvml=None,
                  clock: Callable[[], float] = time.perf_counter):
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"EnergyMeter device {device!r} is not allowed: expected 'cpu' or 'cuda'")
-        if idle_seconds < 0:
-            raise ValueError(f"EnergyMeter idle_seconds={idle_seconds!r} is not allowed: expected >= 0")
+        _checks.one_of("device", device, ("cpu", "cuda"))
+        _checks.positive("idle_seconds", idle_seconds, allow_zero=True)
         self.device = device
         self.idle_seconds = idle_seconds
         self.poll_seconds = poll_seconds
@@ -262,8 +263,7 @@ class EnergyMeter:
         if self.counter is None:
             return None
         seconds = self.idle_seconds if seconds is None else seconds
-        if seconds <= 0:
-            raise ValueError(f"measure_idle seconds={seconds!r} is not allowed: expected > 0")
+        _checks.positive("seconds", seconds)
         window = seconds if window is None else window
         settle_seconds = 10 * seconds if settle_seconds is None else settle_seconds
         _sync(self.device)
@@ -325,7 +325,9 @@ class EnergyMeter:
 
 def measure(fn: Callable[[], object], *, device: str = "cpu", repeat: int = 1,
             meter: EnergyMeter | None = None) -> EnergyReading:
-    """Run ``fn`` ``repeat`` times inside one metered region and return the reading."""
+    """Run ``fn`` ``repeat`` times inside one metered region and return the reading (one
+    region, nothing divided). Energy and time per unit of work are measured by
+    :func:`dynbook.measure.metered.metered`, with one repeat rule."""
     meter = meter or EnergyMeter(device)
     with meter:
         for _ in range(repeat):
@@ -431,27 +433,24 @@ def gemm_kernel(device: str, m: int, n: int, *, name: str = "", dtype=None) -> K
 
 def energy_per_call(kernels: list[Kernel], meter: "EnergyMeter", *, repeats: int = 3,
                     seconds: float = 0.5, device: str = "cpu") -> dict[str, list[float]]:
-    """Net picojoules per call of each kernel, ``repeats`` readings each, the kernels
-    interleaved. Each reading runs an exact number of calls (sized from a timing to last
-    about ``seconds``) inside ``meter`` and divides its idle-subtracted joules by that count."""
-    from dynbook.measure.timing import time_it
+    """Net picojoules per call of each kernel, ``repeats`` (≥ 2) readings each, the kernels
+    interleaved: :func:`dynbook.measure.metered.metered` with one call as the unit of work
+    (each reading runs an exact number of calls, sized to last about ``seconds``, inside
+    ``meter`` and divides its idle-subtracted joules by that count)."""
+    from dynbook.measure.metered import metered
 
     if not meter.available:
         raise ValueError(f"energy_per_call needs a readable counter: {meter.reason}")
-    calls = {}
-    for k in kernels:
-        t = time_it(k.fn, device=device, min_run_time=min(0.05, seconds / 4))
-        calls[k.name] = max(1, int(round(seconds / t)))
-    out = {k.name: [] for k in kernels}
-    for _ in range(repeats):
-        for k in kernels:
-            with meter:
-                for _ in range(calls[k.name]):
-                    k.fn()
-            net = meter.reading.net_joules
-            if net is None:
-                raise ValueError("energy_per_call needs idle power: call meter.measure_idle() first")
-            out[k.name].append(net / calls[k.name] * 1e12)
+    names = [k.name for k in kernels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"energy_per_call kernel names {names} are not allowed: expected distinct names")
+    got = metered({k.name: k.fn for k in kernels}, units=1.0, meter=meter, device=device,
+                  readings=repeats, min_seconds=seconds)
+    out = {}
+    for name, m in got.items():
+        if m.picojoules is None or any(v is None for v in m.picojoules):
+            raise ValueError("energy_per_call needs idle power: call meter.measure_idle() first")
+        out[name] = list(m.picojoules)
     return out
 
 
@@ -511,7 +510,10 @@ def movement_study(per_call: dict[str, list[float]], kernels: dict[str, Kernel],
         out["pj_per_flop"].append(model.pj_per_flop)
         out["share"].append(model.movement_share(t.flops, t.bytes))
         out["control_share"].append(model.movement_share(c.flops, c.bytes))
-        out["measured_over_model"].append(per_call[target][i] / model.predict_pj(t.flops, t.bytes))
+        # a cost at or below zero (a counter too coarse for the work) leaves a ratio undefined:
+        # NaN or infinity, which over_repeats refuses, so no verdict rests on it
+        predicted = model.predict_pj(t.flops, t.bytes)
+        out["measured_over_model"].append(per_call[target][i] / predicted if predicted > 0 else float("nan"))
         arithmetic = model.pj_per_flop * t.flops
         out["measured_over_arithmetic"].append(per_call[target][i] / arithmetic if arithmetic > 0 else float("inf"))
     return out
