@@ -73,3 +73,17 @@ def test_thread_clock_does_not_charge_sleep():
         measure.time_it(lambda: None, device="cuda", clock="thread")
     with pytest.raises(ValueError, match="clock='gpu'"):
         measure.time_it(lambda: None, clock="gpu")
+
+
+def test_saved_tensor_bytes_counts_activations_exactly():
+    lin = torch.nn.Linear(8, 8, bias=False)
+    x = torch.randn(5, 8)
+    with measure.SavedTensorBytes() as s:
+        torch.relu(lin(x)).sum()
+    # Linear saves its input (5×8) for the weight gradient (not its weight: x needs no
+    # gradient); relu saves its output (5×8); float32
+    assert s.bytes == 4 * (5 * 8 + 5 * 8)
+    x.requires_grad_(True)
+    with measure.SavedTensorBytes() as s:
+        torch.relu(lin(x)).sum()
+    assert s.bytes == 4 * (5 * 8 + 8 * 8 + 5 * 8)  # now the weight is kept for x's gradient
