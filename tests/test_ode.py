@@ -6,13 +6,23 @@ equilibrium, and Lyapunov exponents."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torchdiffeq import odeint
 
+from dynbook.measure.timing import num_threads
 from dynbook.models import ode
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The problems are small: one intra-op thread, as the chapter runs them, is faster (and
+    on a shared machine much faster) than two."""
+    with num_threads(1):
+        yield
 
 
 def gen(seed=0):
@@ -101,14 +111,14 @@ def test_knot_field_interpolates_linearly_and_untied_resnet_reads_its_layers():
 
 
 def test_gradients_of_resnets_by_gradcheck():
-    f = ode.KnotField(2, 3, [0.0, 0.4, 1.0], generator=gen(12))
+    f = ode.KnotField(2, 2, [0.0, 0.4, 1.0], generator=gen(12))
     names = [n for n, _ in f.named_parameters()]
 
     def run(net, y0, *params):
         field = lambda t, y: torch.func.functional_call(f, dict(zip(names, params)), (t, y))  # noqa: E731
         return net(field, y0, 1.0, 5)
 
-    y0 = torch.randn(3, 2, generator=gen(13), dtype=F64, requires_grad=True)
+    y0 = torch.randn(2, 2, generator=gen(13), dtype=F64, requires_grad=True)
     params = [p.detach().clone().requires_grad_(True) for p in f.parameters()]
     assert torch.autograd.gradcheck(lambda y, *p: run(ode.resnet_euler, y, *p), (y0, *params))
     assert torch.autograd.gradcheck(lambda y, *p: run(ode.resnet_rk4, y, *p), (y0, *params))
@@ -206,21 +216,13 @@ def test_perturbation_and_gradient_growth_at_the_equilibrium_are_matrix_powers()
     assert g == pytest.approx(float((c @ torch.linalg.matrix_power(A, L)).norm() / c.norm()), rel=1e-8)
 
 
-def test_euler_stable_step_formula_and_measurement():
+def test_euler_stable_step_formula():
     gamma, omega = 0.1, torch.tensor([0.5, 2.0], dtype=F64)
     lam = torch.cat([torch.complex(-gamma * torch.ones(2, dtype=F64), omega),
                      torch.complex(-gamma * torch.ones(2, dtype=F64), -omega)])
     assert ode.euler_stable_step(lam) == pytest.approx(2 * gamma / (gamma**2 + 4.0))
     assert ode.euler_stable_step(torch.tensor([1j, -1.0])) == 0.0  # pure rotation: never stable
-    d = 6
-    W = torch.randn(d, d, generator=gen(29), dtype=F64) / math.sqrt(d)
-    b = 0.1 * torch.randn(d, generator=gen(30), dtype=F64)
-    K = ode.antisymmetric(W, gamma)
-    predicted = ode.euler_stable_step(torch.linalg.eigvals(K))
-    y_star = torch.linalg.solve(K, -b)
-    measured = ode.measured_stable_step(lambda h: ode.TiedResNet("antisymmetric", W, b, h, gamma=gamma),
-                                        y_star, h_max=2 * predicted, n_layers=600, tol=2e-3)
-    assert measured == pytest.approx(predicted, rel=0.01)
+    # the measured boundary at the equilibrium: test_equilibrium_stable_steps_equal_the_prediction
 
 
 # ----------------------------------------------------------------------------- edge of chaos
@@ -243,7 +245,7 @@ def test_tanh_lyapunov_agrees_with_mean_field_theory():
     q, chi = ode.mean_field_chi(0.5, 0.0)
     assert q < 1e-10 and chi == pytest.approx(0.25)
     for s, sb in [(0.5, 0.0), (2.5, 0.3)]:
-        lam = ode.tanh_lyapunov(s, width=256, depth=60, bias_scale=sb, burn_in=20, generator=gen(32), dtype=F64)
+        lam = ode.tanh_lyapunov(s, width=128, depth=60, bias_scale=sb, burn_in=20, generator=gen(32), dtype=F64)
         assert lam == pytest.approx(0.5 * math.log(ode.mean_field_chi(s, sb)[1]), abs=0.03)
     sc = ode.critical_weight_scale(0.3)
     assert ode.mean_field_chi(sc, 0.3)[1] == pytest.approx(1.0, abs=1e-9)
@@ -445,8 +447,149 @@ def test_linear_lyapunov_is_log_weight_scale_and_sign_changes():
     (lambda: ode.richardson(torch.zeros(2), torch.zeros(2), order=0), "order"),
     (lambda: ode.euler_growth_rate(torch.tensor([-1.0]), 0.0), "step_size"),
     (lambda: ode.KnotField(2, 3, [0.0], n_models=0), "n_models"),
+    (lambda: ode.resnet(lambda t, y: y, torch.zeros(2), 1.0, 2, scheme="rk2"), "scheme"),
+    (lambda: ode.depth_convergence([0], width=4, n_points=4, depths=[2, 4, 8]), "depths"),
+    (lambda: ode.depth_convergence([0], width=4, n_points=0), "n_points"),
+    (lambda: ode.resampling_study([0], n_train=4, steps=1, L_train=12), "L_train"),
+    (lambda: ode.resampling_study([0], n_train=4, steps=0), "steps"),
+    (lambda: ode.stability_study(0, width=4, depth=64, gamma=0.0), "gamma"),
+    (lambda: ode.stability_study(0, width=4, depth=32, gamma=0.1), "depth"),
+    (lambda: ode.frozen_criterion_study(0, width=4, n_layers=1), "n_layers"),
+    (lambda: ode.edge_of_chaos_study([0], n_scales=1, width=4, depth=4, bias_scale=0.1), "n_scales"),
 ])
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ValueError, match=name) as info:
         call()
     assert "not allowed" in str(info.value) or "expected" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- the chapter's experiments, small
+
+
+def test_scheme_registry_maps_names_to_the_blocks():
+    assert ode.SCHEMES == {"euler": ode.resnet_euler, "rk4": ode.resnet_rk4}
+    f = LinearField(seed=60)
+    y0 = torch.randn(3, 5, generator=gen(61), dtype=F64)
+    for name, block in ode.SCHEMES.items():
+        assert torch.equal(ode.resnet(f, y0, 1.0, 7, scheme=name), block(f, y0, 1.0, 7))
+
+
+@pytest.fixture(scope="module")
+def convergence():
+    return ode.depth_convergence([0, 1], width=8, n_points=8, depths=[2**k for k in range(1, 9)])
+
+
+def test_depth_convergence_orders_and_seed_protocol(convergence):
+    r = convergence
+    assert len(r.euler_errors) == 8 and len(r.rk4_errors) == 7 and len(r.smooth_diffs[1]) == 7
+    assert 0.9 <= r.p_euler <= 1.1 and r.used_euler[0] == 16
+    assert 3.5 <= r.p_rk4 <= 4.5 and r.reference_gap < 1e-12
+    assert r.rk4_smallest_fitted_error >= r.fit_floor
+    assert all(abs(p - 1) < 0.1 for p in r.smooth_orders) and all(p < 0.75 for p in r.untied_orders)
+    # seed s draws the field, then the inputs, from one generator (the chapter's protocol)
+    g = gen(1)
+    field = ode.KnotField(4, 8, [0.0, 0.5, 1.0], generator=g)
+    y0 = torch.randn(8, 4, generator=g, dtype=F64)
+    with torch.no_grad():
+        by_hand = ode.cauchy_differences([ode.resnet_euler(field, y0, 1.0, L) for L in r.depths])
+    assert by_hand == r.smooth_diffs[1]
+    m = r.metrics()
+    assert m["max_depth"]["value"] == 256 and m["rk4_errors"]["labels"] == {"depths": r.rk4_depths}
+    header, rows = r.table()
+    assert len(rows) == 8 and all(len(row) == len(header) for row in rows) and rows[-1][2] == ""
+    assert "smooth 0.99" in r.evidence() or "smooth 1.0" in r.evidence()
+
+
+@pytest.fixture(scope="module")
+def resampled():
+    return ode.resampling_study([0, 1], n_train=16, steps=5, n_test=8, eval_depths=(8, 16, 32),
+                                flow_rtol=1e-5, flow_atol=1e-7)
+
+
+def test_resampling_study_shapes_and_change_at_the_trained_depth(resampled):
+    r = resampled
+    assert list(r.designs) == ["smooth_euler", "smooth_rk4", "untied_euler", "untied_rk4"]
+    for d in r.designs.values():
+        assert [c[1] for c in d["change"]] == [0.0, 0.0]  # at the trained depth: no change
+        assert d["max_change"] == [max(c) for c in d["change"]]
+        assert len(d["to_flow"]) == 2 and len(d["loss"][0]) == 3 and len(d["train_loss"]) == 2
+    assert r.designs["untied_euler"]["params"] == 16 * r.designs["smooth_euler"]["params"] // 5
+    assert r.log_change["smooth_euler"] == [math.log10(v) for v in r.designs["smooth_euler"]["max_change"]]
+    # RK4 blocks follow their own flow far more closely than Euler blocks, even barely trained
+    assert max(r.log_change["smooth_rk4"]) < min(r.log_change["smooth_euler"])
+    m = r.metrics()
+    assert len(m) == 4 * 7 + 2 and m["n_training_seeds"]["value"] == 2
+    assert r.evidence("smooth_rk4", "untied_rk4", ".4f").startswith("largest changes per seed: smooth RK4 ")
+
+
+@pytest.fixture(scope="module")
+def stability():
+    return ode.stability_study(3, width=4, depth=256, gamma=0.1, n_nets=2, batch=2, gammas=(0.1, 0.2))
+
+
+def test_stability_study_rates_against_the_linearised_prediction(stability):
+    r = stability
+    g = gen(3)  # the networks are the first draws of the generator
+    assert torch.equal(r.W, torch.randn(2, 4, 4, generator=g, dtype=F64) / 2.0)
+    assert r.step_size == pytest.approx(0.5 * ode.antisymmetric_stable_step(r.W, 0.1), rel=1e-15)
+    assert list(r.rates) == ["plain", "antisymmetric", "hamiltonian", "linear"]
+    assert all(len(v) == 2 for v in r.rates.values()) and len(r.log_growth["plain"]) == 257
+    assert np.mean(r.rates["linear"]) == pytest.approx(r.predicted_linear, abs=0.02)
+    assert r.reversal < 1e-10 and r.grad_depths == [8, 32, 128] and "linear" not in r.grad_growth
+    assert r.stable_worst == [max(abs(a), abs(h)) for a, h in zip(r.rates["antisymmetric"],
+                                                                    r.rates["hamiltonian"])]
+    assert len(r.gamma_rates) == 2 and all(p < 0 for p in r.gamma_predicted)
+    assert "gradient_growth_linear" not in r.metrics() and len(r.table()[1]) == 4
+
+
+def test_equilibrium_stable_steps_equal_the_prediction(stability):
+    boundary = ode.equilibrium_stable_steps(stability.W[0], stability.b[0], 0.1, n_layers=300)
+    assert list(boundary) == ["antisymmetric", "shifted plain"]
+    for predicted, measured in boundary.values():
+        assert measured == pytest.approx(predicted, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def frozen():
+    return ode.frozen_criterion_study(5, width=6, n_nets=2, n_layers=64)
+
+
+def test_frozen_criterion_holds_for_slow_weights_and_fails_for_switching(frozen):
+    r = frozen
+    assert len(r.rate_slow) == 6 and all(len(x) == 2 for x in r.rate_slow + r.rate_switch)
+    assert r.slow == r.rate_slow[3] and r.switch == r.rate_switch[3]
+    assert max(r.slow) < 0 < min(r.switch)
+    assert r.metrics()["c5_rate_slow"]["labels"]["at"] == "h = 0.9 h_pred"
+    assert r.evidence().startswith("2 networks of 64 layers at h = 0.9 h_pred; slow: -")
+
+
+@pytest.fixture(scope="module")
+def chaos():
+    return ode.edge_of_chaos_study([4], n_scales=5, width=32, depth=40, bias_scale=0.3)
+
+
+def test_edge_of_chaos_study_edges_and_mean_field(chaos):
+    r = chaos
+    assert r.scales == [0.5, 1.0, 1.5, 2.0, 2.5] and r.single
+    assert r.lyap_mf[2] == 0.5 * math.log(ode.mean_field_chi(1.5, 0.3)[1])
+    assert r.gaps == [r.edges[0][0] - r.edge_mf]
+    assert abs(r.gaps[0]) < 0.2 and abs(r.edges_linear[0][0] - 1.0) < 0.1
+    m = r.metrics()
+    assert m["edge_of_chaos_scale"]["value"] == r.edges[0][0] and m["lyapunov_sign_changes"]["value"] == [1]
+    assert r.evidence().startswith("edges per seed: tanh [")
+
+
+def test_plots_draw_every_result(convergence, resampled, stability, frozen, chaos):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 5)
+    ode.plot_convergence(axes[:, 0], convergence)
+    ode.plot_resampling(axes[:, 1], resampled)
+    ode.plot_stability(axes[:, 2], stability, rate_max=0.01)
+    ode.plot_frozen_criterion(axes[0, 3], frozen)
+    ode.plot_edge_of_chaos(axes[0, 4], chaos)
+    assert len(axes[0, 0].lines) == 5 and len(axes[1, 1].lines) == 4 * 2 + 2
+    plt.close(fig)

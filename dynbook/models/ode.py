@@ -1,7 +1,10 @@
 """Residual networks as ODE integrators: Euler and RK4 ResNets, reference flows and their
 validation, orders of convergence, depth resampling (ensembles trained in one pass), stable
 (antisymmetric, Hamiltonian) blocks, exponential growth rates per unit time, the Euler
-stability condition on and off the equilibrium, and Lyapunov exponents.
+stability condition on and off the equilibrium, and Lyapunov exponents; and, at the end, the
+experiments of chapter 2, each one call returning a dataclass (``depth_convergence``,
+``resampling_study``, ``stability_study`` with ``equilibrium_stable_steps``,
+``frozen_criterion_study``, ``edge_of_chaos_study``) with a ``plot_*`` for its figure.
 
 Glossary (code name → symbol):
 
@@ -24,12 +27,17 @@ chapter computes orders of convergence in float64 so rounding does not flatten t
 from __future__ import annotations
 
 import bisect
+import functools
 import math
-import numbers
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+
+from dynbook._checks import one_of, positive, positive_int
 
 __all__ = [
     "KnotField", "layer_times", "resnet_euler", "resnet_rk4", "resnet", "SCHEMES", "ode_flow", "rms", "depth_errors",
@@ -38,23 +46,15 @@ __all__ = [
     "euler_stable_step", "antisymmetric_stable_step", "euler_growth_rate", "growth_rate", "measured_stable_step",
     "finite_growth_rate", "frozen_stable_step",
     "tanh_lyapunov", "mean_field_chi", "critical_weight_scale", "sign_changes",
+    # the chapter's experiments: one call each, a dataclass back, a plot_* for its figure
+    "DepthConvergence", "depth_convergence", "plot_convergence",
+    "Resampling", "resampling_study", "plot_resampling",
+    "Stability", "stability_study", "plot_stability", "equilibrium_stable_steps",
+    "FrozenCriterion", "frozen_criterion_study", "plot_frozen_criterion",
+    "EdgeOfChaos", "edge_of_chaos_study", "plot_edge_of_chaos",
 ]
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _positive_int(name: str, value, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
-        raise ValueError(f"{name}={value!r} is not allowed: expected an integer >= {lo}")
-    return int(value)
-
-
-def _positive_float(name: str, value, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r} is not allowed: expected a finite number {bound}")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------- vector fields
@@ -78,11 +78,11 @@ class KnotField(nn.Module):
     def __init__(self, dim: int, width: int, knot_times: Sequence[float], *, weight_scale: float = 1.0,
                  generator=None, dtype=torch.float64, device=None, n_models: int | None = None):
         super().__init__()
-        _positive_int("dim", dim)
-        _positive_int("width", width)
-        _positive_float("weight_scale", weight_scale, allow_zero=True)
+        positive_int("dim", dim)
+        positive_int("width", width)
+        positive("weight_scale", weight_scale, allow_zero=True)
         if n_models is not None:
-            _positive_int("n_models", n_models)
+            positive_int("n_models", n_models)
         times = [float(t) for t in knot_times]
         if not times or any(b <= a for a, b in zip(times, times[1:])) or not all(map(math.isfinite, times)):
             raise ValueError(f"knot_times={knot_times!r} is not allowed: expected a non-empty, strictly "
@@ -163,8 +163,8 @@ class KnotField(nn.Module):
 
 def layer_times(T: float, n_layers: int) -> list[float]:
     """The times t_l = l T / L, l = 0 … L−1, at which an L-layer Euler ResNet reads its weights."""
-    _positive_float("T", T)
-    _positive_int("n_layers", n_layers)
+    positive("T", T)
+    positive_int("n_layers", n_layers)
     return [l * T / n_layers for l in range(n_layers)]
 
 
@@ -177,8 +177,8 @@ def resnet_euler(field: Field, y0: torch.Tensor, T: float, n_layers: int, *,
 
     ``y0: (..., dim)`` → y_L of the same shape, or all states ``(L + 1, ..., dim)``.
     """
-    _positive_float("T", T)
-    _positive_int("n_layers", n_layers)
+    positive("T", T)
+    positive_int("n_layers", n_layers)
     h = T / n_layers
     if hasattr(field, "tabulate"):
         field = field.tabulate([l * h for l in range(n_layers)])
@@ -203,10 +203,9 @@ _RK4_NODES = {"classic": (0.0, 0.5, 0.5, 1.0), "3/8": (0.0, 1 / 3, 2 / 3, 1.0)}
 def resnet_rk4(field: Field, y0: torch.Tensor, T: float, n_layers: int, *, rule: str = "classic"):
     """An L-block network whose residual block is one explicit fourth-order Runge–Kutta step
     (four evaluations of f per block). ``rule``: "classic" or "3/8". ``y0: (..., dim)``."""
-    if rule not in _RK4_RULES:
-        raise ValueError(f"rule={rule!r} is not allowed: expected one of {', '.join(map(repr, _RK4_RULES))}")
-    _positive_float("T", T)
-    _positive_int("n_layers", n_layers)
+    one_of("rule", rule, _RK4_RULES)
+    positive("T", T)
+    positive_int("n_layers", n_layers)
     h = T / n_layers
     a, bw, c = _RK4_RULES[rule], _RK4_WEIGHTS[rule], _RK4_NODES[rule]
     if hasattr(field, "tabulate"):
@@ -225,14 +224,16 @@ def resnet_rk4(field: Field, y0: torch.Tensor, T: float, n_layers: int, *, rule:
     return y
 
 
-SCHEMES = ("euler", "rk4")
+# The residual blocks by name (as torchdiffeq's SOLVERS): each maps (field, y0, T, L) → y_L.
+# The RK4 block is written here rather than taken from torchdiffeq: torchdiffeq's fixed-grid
+# "rk4" is the 3/8 rule, and the chapter's RK4 network is the classical rule evaluated on a
+# field whose weights are interpolated once per forward pass (the tests compare the two).
+SCHEMES: dict[str, Callable[..., torch.Tensor]] = {"euler": resnet_euler, "rk4": resnet_rk4}
 
 
 def resnet(field: Field, y0: torch.Tensor, T: float, n_layers: int, *, scheme: str = "euler") -> torch.Tensor:
-    """The L-block ResNet of ``field`` with Euler (``scheme="euler"``) or classical RK4 blocks."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is not allowed: expected one of {', '.join(map(repr, SCHEMES))}")
-    return (resnet_euler if scheme == "euler" else resnet_rk4)(field, y0, T, n_layers)
+    """The L-block ResNet of ``field`` with the blocks ``SCHEMES[scheme]`` (Euler or classical RK4)."""
+    return SCHEMES[one_of("scheme", scheme, SCHEMES)](field, y0, T, n_layers)
 
 
 def ode_flow(field: Field, y0: torch.Tensor, T: float, *, rtol: float = 1e-10, atol: float = 1e-12,
@@ -244,7 +245,7 @@ def ode_flow(field: Field, y0: torch.Tensor, T: float, *, rtol: float = 1e-10, a
     """
     from torchdiffeq import odeint
 
-    _positive_float("T", T)
+    positive("T", T)
     options = {}
     knots = getattr(field, "knots", ())
     inner = [t for t in knots if 0.0 < t < T]
@@ -264,7 +265,7 @@ def depth_errors(field: Field, y0: torch.Tensor, T: float, depths: Sequence[int]
     """RMS error ‖y_L − y(T)‖ of the Euler (``scheme="euler"``) or RK4 (``"rk4"``) ResNet at
     each depth L in ``depths``, against ``reference`` = y(T)."""
     with torch.no_grad():
-        return [rms(resnet(field, y0, T, _positive_int("depth", L), scheme=scheme), reference) for L in depths]
+        return [rms(resnet(field, y0, T, positive_int("depth", L), scheme=scheme), reference) for L in depths]
 
 
 def convergence_order(depths: Sequence[int], errors: Sequence[float], *, floor: float = 0.0,
@@ -289,9 +290,8 @@ def train_field(field: KnotField, x: torch.Tensor, target: torch.Tensor, T: floa
     ``(S, n, dim)`` for an ensemble of S fields (``n_models=S``): the S mean losses are added,
     so each model follows its own gradient (Adam is elementwise).
     Returns the loss of every step (a float, or a list of S floats for an ensemble)."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is not allowed: expected one of {', '.join(map(repr, SCHEMES))}")
-    _positive_int("steps", steps)
+    one_of("scheme", scheme, SCHEMES)
+    positive_int("steps", steps)
     ensemble = getattr(field, "n_models", None) is not None
     opt = torch.optim.Adam(field.parameters(), lr=lr)
     losses = []
@@ -313,7 +313,7 @@ def train_field(field: KnotField, x: torch.Tensor, target: torch.Tensor, T: floa
 def richardson(fine: torch.Tensor, coarse: torch.Tensor, order: int) -> torch.Tensor:
     """Richardson extrapolation of a method of order p from steps h/2 (``fine``) and h
     (``coarse``): (2^p y_{h/2} − y_h) / (2^p − 1), which cancels the leading error term."""
-    _positive_int("order", order)
+    positive_int("order", order)
     q = 2.0**order
     return (q * fine - coarse) / (q - 1)
 
@@ -343,7 +343,7 @@ def twist(x: torch.Tensor) -> torch.Tensor:
 def antisymmetric(W: torch.Tensor, gamma: float) -> torch.Tensor:
     """K = ½(W − Wᵀ) − γ I: eigenvalues −γ ± iω (Haber & Ruthotto's stable choice).
     ``W: (..., d, d)``, a matrix or a stack of them."""
-    _positive_float("gamma", gamma, allow_zero=True)
+    positive("gamma", gamma, allow_zero=True)
     eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
     return 0.5 * (W - W.mT) - gamma * eye
 
@@ -371,14 +371,13 @@ class TiedResNet(nn.Module):
 
     def __init__(self, kind: str, W: torch.Tensor, b: torch.Tensor, step_size: float, *, gamma: float = 0.0):
         super().__init__()
-        if kind not in _ALL_KINDS:
-            raise ValueError(f"kind={kind!r} is not allowed: expected one of {', '.join(map(repr, _ALL_KINDS))}")
+        one_of("kind", kind, _ALL_KINDS)
         if W.ndim not in (2, 3) or W.shape[-1] != W.shape[-2] or b.shape != W.shape[:-1]:
             raise ValueError(f"W (shape {tuple(W.shape)}) and b (shape {tuple(b.shape)}) are not allowed: "
                              "expected W (d, d) with b (d,), or W (n, d, d) with b (n, d)")
         self.kind = kind
-        self.step_size = _positive_float("step_size", step_size)
-        self.gamma = _positive_float("gamma", gamma, allow_zero=True)
+        self.step_size = positive("step_size", step_size)
+        self.gamma = positive("gamma", gamma, allow_zero=True)
         self.W = nn.Parameter(W.clone())
         self.b = nn.Parameter(b.clone())
 
@@ -441,13 +440,13 @@ class TiedResNet(nn.Module):
         return torch.cat([y, z], dim=-1)
 
     def forward(self, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-        _positive_int("n_layers", n_layers)
+        positive_int("n_layers", n_layers)
         for _ in range(n_layers):
             x = self.step(x)
         return x
 
     def inverse(self, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-        _positive_int("n_layers", n_layers)
+        positive_int("n_layers", n_layers)
         for _ in range(n_layers):
             x = self.inverse_step(x)
         return x
@@ -465,7 +464,7 @@ def perturbation_growth(net: TiedResNet, x0: torch.Tensor, n_layers: int, v: tor
     ``x0, v``: states as :class:`TiedResNet` takes them; the growth is the geometric mean over
     the batch (and the stack of networks): a list of L + 1 floats. With ``per_network``, the
     log-growth of each network of a stack instead, a tensor (L + 1, n)."""
-    _positive_int("n_layers", n_layers)
+    positive_int("n_layers", n_layers)
     x, dx = x0.detach(), v.detach()
     ref = v.norm(dim=-1).log()
     logs = [torch.zeros(ref.shape[:-1] if per_network else (), dtype=torch.float64, device=x0.device)]
@@ -484,7 +483,7 @@ def gradient_growth(net: TiedResNet, x0: torch.Tensor, depths: Sequence[int], c:
     out = []
     for L in depths:
         x = x0.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad((net(x, _positive_int("depth", L)) * c).sum(), x)
+        (grad,) = torch.autograd.grad((net(x, positive_int("depth", L)) * c).sum(), x)
         out.append(_log_ratio(grad, c))
     return torch.stack(out).exp().tolist()
 
@@ -493,8 +492,6 @@ def exponential_rate(times, log_growth, *, start: float = 0.125) -> tuple[float,
     """Separate exponential from polynomial growth: least squares of
     log g(t) = r t + p log t + c over the times t ≥ ``start`` × max t. Returns (r, p): r is the
     exponential rate per unit time (0 for any power law t^p), p the power."""
-    import numpy as np
-
     t = np.asarray(times, dtype=float)
     y = np.asarray(log_growth, dtype=float)
     if t.shape != y.shape or t.ndim != 1:
@@ -528,8 +525,8 @@ def growth_rate(net: TiedResNet, x_star: torch.Tensor, *, eps: float = 1e-7, n_l
     rescaled back to ‖D‖₂ = ε (Benettin's renormalisation: they neither sink below rounding
     nor reach the nonlinearity's saturation) and the log-factors add up. The rate counts the
     second half of ``n_layers`` only, so transient growth (non-normal K) does not count."""
-    _positive_int("n_layers", n_layers, lo=2)
-    _positive_int("every", every)
+    positive_int("n_layers", n_layers, minimum=2)
+    positive_int("every", every)
     if x_star.ndim != 1:
         raise ValueError(f"x_star of shape {tuple(x_star.shape)} is not allowed: expected one state vector")
     n = x_star.shape[0]
@@ -579,8 +576,8 @@ def finite_growth_rate(blocks: Sequence[torch.Tensor], b: torch.Tensor, step_siz
     n_layers = len(blocks)
     if n_layers < 2:
         raise ValueError(f"blocks: {n_layers} layers are not allowed: expected at least 2")
-    _positive_int("every", every)
-    _positive_float("eps", eps)
+    positive_int("every", every)
+    positive("eps", eps)
     if not 0.0 <= skip < 1.0:
         raise ValueError(f"skip={skip!r} is not allowed: expected a fraction in [0, 1)")
     if x0.ndim != 2 or b.shape != x0.shape:
@@ -634,7 +631,7 @@ def antisymmetric_stable_step(W: torch.Tensor, gamma: float) -> float:
 def euler_growth_rate(eigenvalues: torch.Tensor, step_size: float) -> float:
     """Growth rate per unit time of forward Euler on the linear system with these
     eigenvalues: max over λ of log|1 + hλ| / h (the linearised prediction)."""
-    h = _positive_float("step_size", step_size)
+    h = positive("step_size", step_size)
     lam = torch.as_tensor(eigenvalues).to(torch.complex128).flatten()
     return float((1 + h * lam).abs().log().max()) / h
 
@@ -654,12 +651,11 @@ def tanh_lyapunov(weight_scale: float, *, width: int, depth: int, bias_scale: fl
     The weights are drawn on ``device`` (a ``generator`` must live there too).
     ``activation="linear"``: the same random layers without tanh, x_{l+1} = W_l x_l + b_l
     (J_l = W_l, λ = log σ_w + O(1/N)): a family whose edge sits at σ_w ≈ 1 whatever σ_b is."""
-    _positive_float("weight_scale", weight_scale, allow_zero=True)
-    if activation not in ("tanh", "linear"):
-        raise ValueError(f"activation={activation!r} is not allowed: expected 'tanh' or 'linear'")
-    _positive_int("width", width)
-    _positive_int("depth", depth)
-    _positive_int("burn_in", burn_in, lo=0)
+    positive("weight_scale", weight_scale, allow_zero=True)
+    one_of("activation", activation, ("tanh", "linear"))
+    positive_int("width", width)
+    positive_int("depth", depth)
+    positive_int("burn_in", burn_in, minimum=0)
     if burn_in >= depth:
         raise ValueError(f"burn_in={burn_in} is not allowed: expected fewer than depth={depth} layers")
     g = generator
@@ -682,14 +678,22 @@ def tanh_lyapunov(weight_scale: float, *, width: int, depth: int, bias_scale: fl
     return float(total.mean()) / (depth - burn_in)
 
 
+@functools.lru_cache(maxsize=8)
+def _gauss_hermite(n_quad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes z and weights w (summing to 1) of Gauss–Hermite quadrature for E over N(0, 1),
+    computed once per ``n_quad``: the eigenproblem costs more than the fixed-point iteration."""
+    z, w = np.polynomial.hermite_e.hermegauss(positive_int("n_quad", n_quad, minimum=2))
+    z.flags.writeable = False
+    w = w / w.sum()
+    w.flags.writeable = False
+    return z, w
+
+
 def mean_field_chi(weight_scale: float, bias_scale: float = 0.0, *, n_quad: int = 101) -> tuple[float, float]:
     """Infinite-width prediction (Poole et al. 2016): the fixed point q* of
     q = σ_w² E[tanh(√q z)²] + σ_b² and χ = σ_w² E[tanh'(√q* z)²], z ~ N(0, 1), by Gauss–Hermite
     quadrature. The per-layer Lyapunov exponent is ½ log χ; χ = 1 is the edge of chaos."""
-    import numpy as np
-
-    z, w = np.polynomial.hermite_e.hermegauss(n_quad)
-    w = w / w.sum()
+    z, w = _gauss_hermite(n_quad)
     q = 1.0
     for _ in range(2000):
         q_new = weight_scale**2 * float(w @ np.tanh(math.sqrt(q) * z) ** 2) + bias_scale**2
@@ -722,3 +726,624 @@ def sign_changes(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
         if (y0 < 0) != (y1 < 0):
             out.append(float(x0 - y0 * (x1 - x0) / (y1 - y0)))
     return out
+
+
+# ----------------------------------------------------------------------------- the chapter's experiments
+#
+# Each experiment of chapter 2 is one call that returns a dataclass: the measured values, the
+# metrics it records (``metrics()``: name → value, unit and labels), the rows of its table
+# and the evidence of its verdicts. The chapter records, decides, plots and tells.
+
+F64 = torch.float64
+
+
+def _metric(value, unit: str = "", **labels) -> dict:
+    return {"value": value, "unit": unit, "labels": labels or None}
+
+
+def _range(values) -> str:
+    return f"{np.mean(values):+.3f} [{min(values):+.3f}, {max(values):+.3f}]"
+
+
+@dataclass
+class DepthConvergence:
+    """Orders of convergence with depth (claim C1 and checks K1–K3): ``smooth_orders`` and
+    ``untied_orders`` are the reference-free orders of ‖y_L − y_2L‖ per field seed; the first
+    field's Euler and RK4 errors are measured against a dopri8 flow validated by Richardson."""
+
+    depths: list[int]
+    field_seeds: list[int]
+    smooth_orders: list[float]
+    untied_orders: list[float]
+    smooth_diffs: list[list[float]]
+    untied_diffs: list[list[float]]
+    euler_errors: list[float]
+    rk4_errors: list[float]  # at depths[:-1]
+    reference_gap: float
+    flow_displacement: float
+    fit_floor: float
+    p_euler: float
+    used_euler: list[int]
+    p_rk4: float
+    used_rk4: list[int]
+
+    @property
+    def rk4_depths(self) -> list[int]:
+        return self.depths[:-1]
+
+    @property
+    def rk4_smallest_fitted_error(self) -> float:
+        return min(e for L, e in zip(self.rk4_depths, self.rk4_errors) if L in self.used_rk4)
+
+    def metrics(self) -> dict:
+        return {
+            "n_fields": _metric(len(self.field_seeds)),
+            "flow_displacement": _metric(self.flow_displacement, "rms"),
+            "reference_gap": _metric(self.reference_gap, "rms", between="dopri8 rtol 1e-13 and "
+                                     "Richardson-extrapolated RK4 at L = 1024, 2048"),
+            "fit_floor": _metric(self.fit_floor, "rms"),
+            "euler_errors": _metric(self.euler_errors, "rms", depths=self.depths),
+            "rk4_errors": _metric(self.rk4_errors, "rms", depths=self.rk4_depths),
+            "euler_error_deepest": _metric(self.euler_errors[-1], "rms", depth=self.depths[-1]),
+            "max_depth": _metric(self.depths[-1], "layers"),
+            "depth_convergence_order": _metric(self.p_euler, depths=self.used_euler),
+            "rk4_convergence_order": _metric(self.p_rk4, depths=self.used_rk4),
+            "rk4_fit_deepest": _metric(self.used_rk4[-1], "layers"),
+            "rk4_smallest_fitted_error": _metric(self.rk4_smallest_fitted_error, "rms"),
+            "self_convergence_orders_smooth": _metric(self.smooth_orders, field_seeds=self.field_seeds),
+            "self_convergence_orders_untied": _metric(self.untied_orders, field_seeds=self.field_seeds),
+        }
+
+    def table(self) -> tuple[list, list]:
+        def cell(values, i, fmt=".3e"):
+            return format(values[i], fmt) if i < len(values) else ""
+
+        return (["L", "Euler error", "RK4 error", "‖y_L − y_2L‖ smooth", "‖y_L − y_2L‖ untied"],
+                [(L, f"{e:.3e}", cell(self.rk4_errors, i), cell(self.smooth_diffs[0], i),
+                  cell(self.untied_diffs[0], i)) for i, (L, e) in enumerate(zip(self.depths, self.euler_errors))])
+
+    def evidence(self) -> str:
+        return (f"orders of ‖y_L − y_2L‖ over L = 16…{self.depths[-2]}: smooth "
+                + ", ".join(f"{p:.3f}" for p in self.smooth_orders) + "; untied "
+                + ", ".join(f"{p:.3f}" for p in self.untied_orders))
+
+
+def depth_convergence(field_seeds: Sequence[int], *, width: int, n_points: int, dim: int = 4, T: float = 1.0,
+                      depths: Sequence[int] = tuple(2**k for k in range(1, 12)),
+                      knot_times: Sequence[float] = (0.0, 0.5, 1.0), min_depth: int = 16,
+                      device=None) -> DepthConvergence:
+    """For each seed, a random smooth :class:`KnotField` (weights at ``knot_times``) and the
+    same number of untied ResNets drawn afresh at every depth, run at ``depths`` (doubling) on
+    ``n_points`` inputs ``(n_points, dim)``: orders of ‖y_L − y_2L‖ over L ≥ ``min_depth``.
+    On the first field, Euler and RK4 errors against a dopri8 flow (rtol 1e-13), validated by
+    Richardson extrapolation of RK4 at the two deepest depths; orders fitted over errors above
+    ten times that validated floor. Everything in float64."""
+    depths = [positive_int("depth", L) for L in depths]
+    if len(depths) < 4:
+        raise ValueError(f"depths={depths!r} is not allowed: expected at least 4 doubling depths")
+    positive_int("n_points", n_points)
+    smooth_orders, untied_orders, smooth_diffs, untied_diffs = [], [], [], []
+    with torch.no_grad():
+        for i, fs in enumerate(field_seeds):
+            g = torch.Generator().manual_seed(fs)
+            field = KnotField(dim, width, knot_times, weight_scale=1.0, generator=g, device=device)
+            y0 = torch.randn(n_points, dim, generator=g, dtype=F64).to(device)
+            euler_out = [resnet_euler(field, y0, T, L) for L in depths]
+            diffs = cauchy_differences(euler_out)
+            smooth_orders.append(convergence_order(depths[:-1], diffs, min_depth=min_depth)[0])
+            smooth_diffs.append(diffs)
+            gu = torch.Generator().manual_seed(fs + 500)  # untied: new independent layers at every depth
+            untied_out = [resnet_euler(KnotField(dim, width, layer_times(T, L), generator=gu, device=device),
+                                       y0, T, L) for L in depths]
+            diffs_u = cauchy_differences(untied_out)
+            untied_orders.append(convergence_order(depths[:-1], diffs_u, min_depth=min_depth)[0])
+            untied_diffs.append(diffs_u)
+            if i == 0:  # the identities, on the first field: orders against a validated reference
+                flow = ode_flow(field, y0, T, rtol=1e-13, atol=1e-15, method="dopri8")
+                rk4_coarse, rk4_fine = resnet_rk4(field, y0, T, depths[-2]), resnet_rk4(field, y0, T, depths[-1])
+                reference_gap = rms(flow, richardson(rk4_fine, rk4_coarse, order=4))
+                euler_errors = [rms(out, flow) for out in euler_out]
+                rk4_errors = depth_errors(field, y0, T, depths[:-2], flow, scheme="rk4") + [rms(rk4_coarse, flow)]
+                flow_displacement = rms(flow, y0)
+    fit_floor = 10 * reference_gap
+    p_euler, used_euler = convergence_order(depths, euler_errors, floor=fit_floor, min_depth=min_depth)
+    p_rk4, used_rk4 = convergence_order(depths[:-1], rk4_errors, floor=fit_floor, min_depth=min_depth)
+    return DepthConvergence(depths, list(field_seeds), smooth_orders, untied_orders, smooth_diffs, untied_diffs,
+                            euler_errors, rk4_errors, reference_gap, flow_displacement, fit_floor,
+                            p_euler, used_euler, p_rk4, used_rk4)
+
+
+def plot_convergence(axes, result: DepthConvergence) -> None:
+    """Left: error against the reference flow for Euler and RK4 blocks, slopes −1 and −4 and
+    ten times the validated floor; right: ‖y_L − y_2L‖ for smooth and untied networks."""
+    r = result
+    L_arr = np.array(r.depths, dtype=float)
+    ax = axes[0]
+    ax.loglog(L_arr, r.euler_errors, "o-", label=f"Euler ResNet (order {r.p_euler:.2f})")
+    ax.loglog(L_arr[:-1], r.rk4_errors, "s-", label=f"RK4 ResNet (order {r.p_rk4:.2f})")
+    ax.loglog(L_arr, r.euler_errors[-1] * (L_arr / L_arr[-1]) ** -1, "k:", lw=1)
+    j = r.depths.index(r.used_rk4[-1])
+    ax.loglog(L_arr, r.rk4_errors[j] * (L_arr / L_arr[j]) ** -4, "k:", lw=1)
+    ax.axhline(r.fit_floor, color="grey", lw=0.8, ls="--", label="10 × validated floor")
+    ax.set(xlabel="depth L (layers)", ylabel="RMS error vs ODE flow", ylim=(1e-16, 10))
+    ax.legend()
+    ax = axes[1]
+    for k in range(len(r.smooth_diffs)):
+        ax.loglog(L_arr[:-1], r.smooth_diffs[k], "o-", color="C0", label="smooth weights" if k == 0 else None)
+        ax.loglog(L_arr[:-1], r.untied_diffs[k], "s-", color="C3",
+                  label="untied, fresh per depth" if k == 0 else None)
+    ax.loglog(L_arr[:-1], r.smooth_diffs[0][-1] * (L_arr[:-1] / L_arr[-2]) ** -1, "k:", lw=1)
+    ax.loglog(L_arr[:-1], r.untied_diffs[0][-1] * (L_arr[:-1] / L_arr[-2]) ** -0.5, "k:", lw=1)
+    ax.set(xlabel="depth L (layers)", ylabel="‖y_L − y_2L‖ (RMS)")
+    ax.legend()
+
+
+@dataclass
+class Resampling:
+    """Networks trained at ``L_train`` blocks, evaluated at ``eval_depths`` (claims C2, C3).
+    ``designs[name]`` holds, per training seed and evaluation depth, the output's relative
+    ``change`` from the trained depth, its relative distance ``to_flow`` (its own ODE flow) and
+    the test ``loss``; and per seed ``max_change``, ``train_loss`` and the ``params`` count."""
+
+    L_train: int
+    eval_depths: list[int]
+    train_seeds: list[int]
+    designs: dict[str, dict]
+
+    @property
+    def log_change(self) -> dict[str, list[float]]:
+        """log10 of each seed's largest change: the quantity of C2 and C3."""
+        return {n: [math.log10(v) for v in r["max_change"]] for n, r in self.designs.items()}
+
+    @property
+    def order_smooth_euler(self) -> float:
+        """Mean order at which the smooth Euler network approaches its own flow with depth."""
+        return float(np.mean([convergence_order(self.eval_depths, tf)[0]
+                              for tf in self.designs["smooth_euler"]["to_flow"]]))
+
+    def metrics(self) -> dict:
+        i_train, out = self.eval_depths.index(self.L_train), {}
+        for name, r in self.designs.items():
+            out[f"resample_change_max_{name}"] = _metric(float(np.mean(r["max_change"])), "relative",
+                                                         per_seed=r["max_change"], seeds=self.train_seeds)
+            out[f"resample_changes_{name}"] = _metric(r["change"], "relative", depths=self.eval_depths)
+            out[f"resample_to_flow_{name}"] = _metric(r["to_flow"], "relative", depths=self.eval_depths)
+            out[f"resample_flow_gap_trained_{name}"] = _metric(
+                float(np.mean([tf[i_train] for tf in r["to_flow"]])), "relative")
+            out[f"resample_loss_ratio_{name}"] = _metric(
+                float(np.mean([lo[-1] / lo[i_train] for lo in r["loss"]])),
+                between=f"L = {self.eval_depths[-1]} and L = {self.L_train}")
+            out[f"resample_train_loss_{name}"] = _metric(float(np.mean(r["train_loss"])), "mse")
+            out[f"resample_params_{name}"] = _metric(r["params"], "parameters")
+        out["resample_order_smooth_euler"] = _metric(self.order_smooth_euler)
+        out["n_training_seeds"] = _metric(len(self.train_seeds))
+        return out
+
+    def table(self) -> tuple[list, list]:
+        return (["L′"] + [f"{n}: change" for n in self.designs],
+                [(Lp, *(f"{np.mean([c[i] for c in r['change']]):.3f}" for r in self.designs.values()))
+                 for i, Lp in enumerate(self.eval_depths)])
+
+    def evidence(self, smooth: str, untied: str, fmt: str = ".3f") -> str:
+        """The largest changes per seed of two designs, e.g. ("smooth_euler", "untied_euler")."""
+        def name(n):
+            return n.replace("_euler", " Euler").replace("_rk4", " RK4")
+
+        return (f"largest changes per seed: {name(smooth)} "
+                + ", ".join(format(v, fmt) for v in self.designs[smooth]["max_change"])
+                + f"; {name(untied)} " + ", ".join(f"{v:.3f}" for v in self.designs[untied]["max_change"]))
+
+
+def resampling_study(train_seeds: Sequence[int], *, n_train: int, steps: int, n_test: int = 256,
+                     width: int = 32, L_train: int = 16, eval_depths: Sequence[int] = (8, 16, 32, 64, 128, 256),
+                     n_knots: int = 5, T: float = 1.0, lr: float = 1e-2, flow_rtol: float = 1e-8,
+                     flow_atol: float = 1e-10, device=None) -> Resampling:
+    """Train four designs with ``L_train`` blocks to reproduce :func:`twist` on ``n_train``
+    points of [−1, 1]² (Adam, full batch, ``steps`` steps; the seeds of one design as one
+    ensemble) and evaluate them at ``eval_depths`` on ``n_test`` held-out points: smooth
+    weights at ``n_knots`` knots or untied weights at :func:`layer_times`, with Euler or RK4
+    blocks. The data of seed s come from generator s + 1, the initial weights from s + 2.
+    Each network's own ODE flow (``to_flow``) is solved by dopri5 at ``flow_rtol``, ``flow_atol``."""
+    positive_int("n_train", n_train)
+    positive_int("steps", steps)
+    one_of("L_train", L_train, eval_depths)
+    S = len(train_seeds)
+    gx = [torch.Generator().manual_seed(s + 1) for s in train_seeds]
+    x_train = torch.stack([2 * torch.rand(n_train, 2, generator=g, dtype=F64) - 1 for g in gx]).to(device)
+    x_test = torch.stack([2 * torch.rand(n_test, 2, generator=g, dtype=F64) - 1 for g in gx]).to(device)
+    y_train, y_test = twist(x_train), twist(x_test)
+    smooth_knots = [T * k / (n_knots - 1) for k in range(n_knots)]
+    untied = layer_times(T, L_train)
+    designs = {"smooth_euler": (smooth_knots, "euler"), "smooth_rk4": (smooth_knots, "rk4"),
+               "untied_euler": (untied, "euler"), "untied_rk4": (untied, "rk4")}
+    results = {}
+    for name, (times, scheme) in designs.items():
+        net = KnotField(2, width, times, generator=[torch.Generator().manual_seed(s + 2) for s in train_seeds],
+                        n_models=S, device=device)
+        losses = train_field(net, x_train, y_train, T, L_train, steps=steps, lr=lr, scheme=scheme)
+        with torch.no_grad():
+            outs = {Lp: resnet(net, x_test, T, Lp, scheme=scheme) for Lp in eval_depths}
+            flow_net = ode_flow(net, x_test, T, rtol=flow_rtol, atol=flow_atol)
+        trained = outs[L_train]
+        # relative to the displacement of the trained map, not to the output itself
+        change = [[rms(outs[Lp][k], trained[k]) / rms(trained[k], x_test[k]) for Lp in eval_depths]
+                  for k in range(S)]
+        to_flow = [[rms(outs[Lp][k], flow_net[k]) / rms(flow_net[k], x_test[k]) for Lp in eval_depths]
+                   for k in range(S)]
+        loss = [[float((outs[Lp][k] - y_test[k]).pow(2).mean()) for Lp in eval_depths] for k in range(S)]
+        results[name] = {"change": change, "to_flow": to_flow, "loss": loss,
+                         "max_change": [max(c) for c in change], "train_loss": losses[-1],
+                         "params": sum(p[0].numel() for p in net.parameters())}
+    return Resampling(L_train, list(eval_depths), list(train_seeds), results)
+
+
+def plot_resampling(axes, result: Resampling) -> None:
+    """Left: distance of each resampled network to its own ODE flow; right: change of the
+    output from the trained depth, with the claims' threshold 0.1 (one line per seed)."""
+    for (name, r), color in zip(result.designs.items(), ("C0", "C1", "C3", "C4")):
+        for k in range(len(r["change"])):
+            label = name.replace("_", ", ") if k == 0 else None
+            axes[0].loglog(result.eval_depths, [max(v, 1e-16) for v in r["to_flow"][k]], "o-", color=color,
+                           label=label, ms=3)
+            axes[1].semilogx(result.eval_depths, r["change"][k], "o-", color=color, label=label, ms=3)
+    for ax in axes:
+        ax.axvline(result.L_train, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("blocks L′ at evaluation")
+    axes[1].axhline(0.1, color="k", lw=0.8, ls=":")
+    axes[0].set_ylabel("relative distance to own ODE flow")
+    axes[1].set_ylabel("relative change of the output")
+    axes[0].legend(fontsize=8)
+
+
+@dataclass
+class Stability:
+    """Tied networks of every kind with the same step (claims C4, C4b, check K4): per kind the
+    fitted exponential ``rates`` per unit time (one per network), the mean ``log_growth`` at
+    every layer and the ``grad_growth`` at ``grad_depths``; the antisymmetric design's rates
+    across dampings ``gammas``; the networks' ``W``, ``b`` (reused by the boundary check)."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    gamma: float
+    step_size: float
+    depth: int
+    grad_depths: list[int]
+    rates: dict[str, list[float]]
+    log_growth: dict[str, list[float]]
+    grad_growth: dict[str, list[float]]
+    reversal: float
+    predicted_anti: float
+    predicted_linear: float
+    gammas: list[float]
+    gamma_rates: list[list[float]]
+    gamma_predicted: list[float]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return KINDS + ("linear",)
+
+    @property
+    def times(self) -> list[float]:
+        return [self.step_size * l for l in range(self.depth + 1)]
+
+    @property
+    def stable_worst(self) -> list[float]:
+        """Per network, the larger |rate| of the antisymmetric and Hamiltonian designs (C4)."""
+        return [max(abs(a), abs(m)) for a, m in zip(self.rates["antisymmetric"], self.rates["hamiltonian"])]
+
+    def metrics(self) -> dict:
+        out, h, L = {}, self.step_size, self.depth
+        for kind in self.kinds:
+            out[f"rate_{kind}"] = _metric(float(np.mean(self.rates[kind])), "per unit time",
+                                          per_network=self.rates[kind])
+            out[f"forward_growth_{kind}_deepest"] = _metric(math.exp(self.log_growth[kind][-1]), depth=L,
+                                                            mean="geometric over networks and inputs")
+            if kind in self.grad_growth:
+                out[f"gradient_growth_{kind}"] = _metric(self.grad_growth[kind], depths=self.grad_depths)
+        out.update({
+            "stability_step": _metric(h),
+            "stability_depth": _metric(L, "layers"),
+            "stability_time": _metric(h * L, meaning="T = h L of the deepest network"),
+            "stability_gamma": _metric(self.gamma),
+            "n_stability_nets": _metric(self.W.shape[0]),
+            "rate_antisymmetric_linearised": _metric(self.predicted_anti, "per unit time",
+                                                     meaning="max log|1 + hλ(K)|/h, mean over networks"),
+            "rate_linear_predicted": _metric(self.predicted_linear, "per unit time"),
+            "leapfrog_reversal_error": _metric(self.reversal, "max abs"),
+            "gamma_curve_gammas": _metric(self.gammas),
+            "gamma_curve_rates": _metric([float(np.mean(r)) for r in self.gamma_rates], "per unit time"),
+            "gamma_curve_predicted": _metric(self.gamma_predicted, "per unit time"),
+        })
+        return out
+
+    def table(self) -> tuple[list, list]:
+        nan = [float("nan")] * len(self.grad_depths)
+        return (["design", "rate r per unit time (mean [min, max] over networks)", f"growth at L = {self.depth}"]
+                + [f"gradient growth, L = {L}" for L in self.grad_depths],
+                [(k, f"{np.mean(r):+.4f} [{min(r):+.4f}, {max(r):+.4f}]", f"{math.exp(self.log_growth[k][-1]):.3g}",
+                  *(f"{g:.3g}" for g in self.grad_growth.get(k, nan))) for k, r in self.rates.items()])
+
+    def evidence(self) -> str:
+        return (f"{self.W.shape[0]} networks, h = {self.step_size:.4g}, γ = {self.gamma}, "
+                f"T = {self.step_size * self.depth:.1f}; "
+                + "; ".join(f"{k}: {np.mean(self.rates[k]):+.4f}" for k in self.kinds))
+
+
+def stability_study(seed: int, *, width: int, depth: int, gamma: float, n_nets: int = 8, batch: int = 4,
+                    gammas: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4), device=None) -> Stability:
+    """``n_nets`` tied networks per kind (``W ~ N(0, 1/d)``, ``b ~ N(0, 0.01)``, d = ``width``)
+    at one step, half the antisymmetric design's h_max(γ): a random infinitesimal input
+    perturbation pushed through ``depth`` layers, its log-growth fitted by
+    :func:`exponential_rate`; gradients by backpropagation at depth/32, /8, /2; the leapfrog
+    network run back; and the antisymmetric rate at each damping in ``gammas``, each at its
+    own h_max/2 for the same duration. All draws from one generator seeded ``seed``."""
+    d, L_max = positive_int("width", width), positive_int("depth", depth, minimum=64)
+    positive("gamma", gamma)
+    gs = torch.Generator().manual_seed(seed)
+    W = (torch.randn(n_nets, d, d, generator=gs, dtype=F64) / math.sqrt(d)).to(device)
+    b = (0.1 * torch.randn(n_nets, d, generator=gs, dtype=F64)).to(device)
+    h = 0.5 * antisymmetric_stable_step(W, gamma)
+    times = [h * l for l in range(L_max + 1)]
+    grad_depths = [L_max // 32, L_max // 8, L_max // 2]
+    rates, log_growth, grad_growth = {}, {}, {}
+    for kind in KINDS + ("linear",):
+        net = TiedResNet(kind, W, b, h, gamma=gamma)
+        state = 2 * d if kind == "hamiltonian" else d
+        x0 = torch.randn(n_nets, batch, d, generator=gs, dtype=F64).to(device)
+        if kind == "hamiltonian":  # Haber & Ruthotto start the auxiliary variable at zero
+            x0 = torch.cat([x0, torch.zeros_like(x0)], dim=-1)
+        v = torch.randn(n_nets, batch, state, generator=gs, dtype=F64).to(device)
+        logs = perturbation_growth(net, x0, L_max, v, per_network=True).cpu()
+        log_growth[kind] = logs.mean(1).tolist()
+        rates[kind] = [exponential_rate(times, logs[:, i].tolist())[0] for i in range(n_nets)]
+        if kind != "linear":
+            c = torch.randn(n_nets, batch, state, generator=gs, dtype=F64).to(device)
+            grad_growth[kind] = gradient_growth(net, x0, grad_depths, c)
+        if kind == "hamiltonian":
+            with torch.no_grad():
+                reversal = float((net.inverse(net(x0, L_max), L_max) - x0).abs().max())
+    eig_anti = torch.linalg.eigvals(antisymmetric(W, gamma)).cpu()
+    predicted_anti = float(np.mean([euler_growth_rate(e, h) for e in eig_anti]))
+    predicted_linear = float(np.mean([euler_growth_rate(e, h) for e in torch.linalg.eigvals(W).cpu()]))
+    gamma_rates, gamma_predicted = [], []
+    for g_ in gammas:
+        h_g = 0.5 * antisymmetric_stable_step(W, g_)
+        L_g = max(64, int(round(h * L_max / h_g)))  # the same duration T as the main run
+        net = TiedResNet("antisymmetric", W, b, h_g, gamma=g_)
+        x0 = torch.randn(n_nets, batch, d, generator=gs, dtype=F64).to(device)
+        v = torch.randn(n_nets, batch, d, generator=gs, dtype=F64).to(device)
+        logs = perturbation_growth(net, x0, L_g, v, per_network=True).cpu()
+        t_g = [h_g * l for l in range(L_g + 1)]
+        gamma_rates.append([exponential_rate(t_g, logs[:, i].tolist())[0] for i in range(n_nets)])
+        gamma_predicted.append(float(np.mean([euler_growth_rate(e, h_g)
+                                              for e in torch.linalg.eigvals(antisymmetric(W, g_)).cpu()])))
+    return Stability(W, b, gamma, h, L_max, grad_depths, rates, log_growth, grad_growth, reversal,
+                     predicted_anti, predicted_linear, list(gammas), gamma_rates, gamma_predicted)
+
+
+def plot_stability(axes, result: Stability, *, rate_max: float) -> None:
+    """Left: log-growth of a perturbation against time per kind (clipped at 12); right: the
+    antisymmetric rate against the damping γ, measured and linearised, the band |r| ≤ ``rate_max``."""
+    r = result
+    ax = axes[0]
+    for kind in r.kinds:
+        ax.plot(r.times, np.minimum(r.log_growth[kind], 12), label=kind, lw=1.2,
+                ls="--" if kind == "linear" else "-")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set(xlabel="time t = h l", ylabel="log ‖δ_l‖ / ‖δ_0‖", ylim=(None, 12.5))
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    means = [np.mean(g) for g in r.gamma_rates]
+    ax.errorbar(r.gammas, means, yerr=[[m - min(g) for m, g in zip(means, r.gamma_rates)],
+                                       [max(g) - m for m, g in zip(means, r.gamma_rates)]], fmt="o", label="measured")
+    ax.plot(r.gammas, r.gamma_predicted, "-", label="linearised, at equilibrium")
+    ax.axhspan(-rate_max, rate_max, color="grey", alpha=0.15)
+    ax.axvline(r.gamma, color="grey", ls="--", lw=0.8)
+    ax.set(xscale="log", xlabel="damping γ", ylabel="rate r per unit time", title="antisymmetric")
+    ax.set_xticks(r.gammas, labels=[f"{g_:g}" for g_ in r.gammas])
+    ax.set_xticks([], minor=True)
+    ax.legend(fontsize=8)
+
+
+def equilibrium_stable_steps(W: torch.Tensor, b: torch.Tensor, gamma: float, *, n_layers: int = 600,
+                             tol: float = 2e-3) -> dict[str, tuple[float, float]]:
+    """At the equilibrium y* = −K⁻¹b, where the Jacobian is K, the step the frozen-eigenvalue
+    criterion predicts and the one bisected by :func:`measured_stable_step`, for the
+    antisymmetric block of ``W: (d, d)`` and for the plain block shifted until every eigenvalue
+    has real part ≤ −0.1: name → (predicted, measured)."""
+    eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
+    shift = float(torch.linalg.eigvals(W).real.max()) + 0.1
+    cases = {"antisymmetric": ("antisymmetric", W, antisymmetric(W, gamma), gamma),
+             "shifted plain": ("plain", W - shift * eye, W - shift * eye, 0.0)}
+    boundary = {}
+    for name, (kind, W_case, K_case, g_case) in cases.items():
+        h_pred = euler_stable_step(torch.linalg.eigvals(K_case).cpu())
+        y_star = torch.linalg.solve(K_case, -b)
+        h_meas = measured_stable_step(partial(TiedResNet, kind, W_case, b, gamma=g_case), y_star,
+                                      h_max=2 * h_pred, n_layers=n_layers, tol=tol)
+        boundary[name] = (h_pred, h_meas)
+    return boundary
+
+
+@dataclass
+class FrozenCriterion:
+    """Finite-perturbation growth rates at steps ``fractions`` × h_pred (claim C5): ``rate_slow``
+    for slowly varying weights far from equilibrium, ``rate_switch`` for K, Kᵀ alternating from
+    the common equilibrium; one list per fraction, one rate per network."""
+
+    n_nets: int
+    n_layers: int
+    fractions: list[float]
+    rate_slow: list[list[float]]
+    rate_switch: list[list[float]]
+    at: float = 0.9
+
+    @property
+    def slow(self) -> list[float]:
+        return self.rate_slow[self.fractions.index(self.at)]
+
+    @property
+    def switch(self) -> list[float]:
+        return self.rate_switch[self.fractions.index(self.at)]
+
+    def metrics(self) -> dict:
+        at = f"h = {self.at:g} h_pred"
+        return {
+            "n_c5_nets": _metric(self.n_nets),
+            "c5_layers": _metric(self.n_layers, "layers"),
+            "c5_rate_slow": _metric(float(np.mean(self.slow)), "per unit time", per_network=self.slow, at=at),
+            "c5_rate_switch": _metric(float(np.mean(self.switch)), "per unit time", per_network=self.switch, at=at),
+            "c5_rates_slow": _metric([float(np.mean(r)) for r in self.rate_slow], **{"h/h_pred": self.fractions}),
+            "c5_rates_switch": _metric([float(np.mean(r)) for r in self.rate_switch],
+                                       **{"h/h_pred": self.fractions}),
+        }
+
+    def table(self) -> tuple[list, list]:
+        return (["h / h_pred", "slow weights: rate (mean [min, max])", "switching K, Kᵀ: rate (mean [min, max])"],
+                [(f, _range(rs), _range(rw)) for f, rs, rw in zip(self.fractions, self.rate_slow, self.rate_switch)])
+
+    def evidence(self) -> str:
+        return (f"{self.n_nets} networks of {self.n_layers} layers at h = {self.at:g} h_pred; slow: "
+                + ", ".join(f"{r:+.3f}" for r in self.slow) + "; switching: "
+                + ", ".join(f"{r:+.3f}" for r in self.switch))
+
+
+def frozen_criterion_study(seed: int, *, width: int, n_nets: int = 8, n_layers: int = 256,
+                           fractions: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 1.1, 1.5), eps: float = 0.3,
+                           device=None) -> FrozenCriterion:
+    """Does the frozen-eigenvalue step keep finite perturbations from growing off the
+    equilibrium? ``n_nets`` networks of ``n_layers`` blocks K_l = W(u_l) − s I interpolating
+    linearly between two random matrices (u_l = l/(L−1)), shifted so that every layer's
+    eigenvalues have real part ≤ −0.1, run from y0 ~ N(0, 9I) with perturbations of size
+    ``eps``; the control alternates K, Kᵀ (same eigenvalues, b = 0, from y = 0). Rates by
+    :func:`finite_growth_rate` at ``fractions`` of :func:`frozen_stable_step`."""
+    d, L5 = positive_int("width", width), positive_int("n_layers", n_layers, minimum=2)
+    g5 = torch.Generator().manual_seed(seed)
+    W5 = (torch.randn(2, n_nets, d, d, generator=g5, dtype=F64) / math.sqrt(d)).to(device)
+    b5 = (0.1 * torch.randn(n_nets, d, generator=g5, dtype=F64)).to(device)
+    x5 = (3 * torch.randn(n_nets, d, generator=g5, dtype=F64)).to(device)
+    eye = torch.eye(d, dtype=F64, device=device)
+    u = torch.linspace(0, 1, L5, dtype=F64, device=device)[:, None, None, None]
+    W_path = torch.lerp(W5[0].expand(L5, -1, -1, -1), W5[1].expand(L5, -1, -1, -1), u)  # (L, n, d, d)
+    s5 = torch.linalg.eigvals(W_path).real.amax(dim=(0, 2)) + 0.1  # per network, over all layers
+    slow_blocks = W_path - s5[:, None, None] * eye
+    K0 = W5[0] - (torch.linalg.eigvals(W5[0]).real.amax(-1) + 0.1)[:, None, None] * eye
+    switch_blocks = torch.stack([K0 if l % 2 == 0 else K0.mT for l in range(L5)])
+    h_slow, h_switch = frozen_stable_step(slow_blocks), frozen_stable_step(switch_blocks)
+    rate_slow = [finite_growth_rate(slow_blocks, b5, f * h_slow, x5, eps=eps).tolist() for f in fractions]
+    rate_switch = [finite_growth_rate(switch_blocks, torch.zeros_like(b5), f * h_switch, torch.zeros_like(x5),
+                                      eps=eps).tolist() for f in fractions]
+    return FrozenCriterion(n_nets, L5, list(fractions), rate_slow, rate_switch)
+
+
+def plot_frozen_criterion(ax, result: FrozenCriterion) -> None:
+    """Growth rate against h / h_pred (mean and range over networks), slow and switching."""
+    for rs, label in ((result.rate_slow, "slowly varying weights"),
+                      (result.rate_switch, "K, Kᵀ alternating (control)")):
+        m = [np.mean(r) for r in rs]
+        spread = [[a - min(r) for a, r in zip(m, rs)], [max(r) - a for a, r in zip(m, rs)]]
+        ax.errorbar(result.fractions, m, yerr=spread, fmt="o-", label=label)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.axvline(result.at, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="step h / h_pred", ylabel="growth rate per unit time")
+    ax.legend()
+
+
+@dataclass
+class EdgeOfChaos:
+    """Lyapunov sweeps over the weight ``scales`` (claim C6): per seed the exponents with tanh
+    (``lyap``) and without (``lyap_linear``), their sign changes (``edges``), and the mean-field
+    curve and edge."""
+
+    scales: list[float]
+    seeds: list[int]
+    width: int
+    depth: int
+    bias_scale: float
+    lyap: list[list[float]]
+    lyap_linear: list[list[float]]
+    edges: list[list[float]]
+    edges_linear: list[list[float]]
+    lyap_mf: list[float]
+    edge_mf: float
+
+    @property
+    def single(self) -> bool:
+        """Every sweep changes sign exactly once (else the edge is not defined)."""
+        return all(len(e) == 1 for e in self.edges) and all(len(e) == 1 for e in self.edges_linear)
+
+    @property
+    def gaps(self) -> list[float] | None:
+        return [e[0] - self.edge_mf for e in self.edges] if self.single else None
+
+    @property
+    def gaps_linear(self) -> list[float] | None:
+        return [e[0] - self.edge_mf for e in self.edges_linear] if self.single else None
+
+    def metrics(self) -> dict:
+        one = self.single
+        return {
+            "n_lyapunov_seeds": _metric(len(self.seeds)),
+            "lyapunov_exponents": _metric(self.lyap, "per layer", scales=self.scales),
+            "lyapunov_exponents_linear": _metric(self.lyap_linear, "per layer"),
+            "lyapunov_exponents_mean_field": _metric(self.lyap_mf, "per layer"),
+            "lyapunov_at_smallest_scale": _metric(float(np.mean([lam[0] for lam in self.lyap])), "per layer",
+                                                  sigma_w=self.scales[0]),
+            "lyapunov_at_largest_scale": _metric(float(np.mean([lam[-1] for lam in self.lyap])), "per layer",
+                                                 sigma_w=self.scales[-1]),
+            "lyapunov_sign_changes": _metric([len(e) for e in self.edges]),
+            "lyapunov_bias_scale": _metric(self.bias_scale),
+            "edge_of_chaos_scale": _metric(float(np.mean([e[0] for e in self.edges])) if one else None,
+                                           per_seed=self.edges, sigma_b=self.bias_scale, width=self.width,
+                                           depth=self.depth),
+            "edge_of_chaos_scale_linear": _metric(float(np.mean([e[0] for e in self.edges_linear])) if one
+                                                  else None, per_seed=self.edges_linear),
+            "edge_of_chaos_scale_mean_field": _metric(self.edge_mf, sigma_b=self.bias_scale),
+            "lyapunov_mean_field_gap": _metric(float(max(abs(a - m) for lam in self.lyap
+                                                         for a, m in zip(lam, self.lyap_mf))), "per layer"),
+        }
+
+    def evidence(self) -> str:
+        if self.single:
+            return (f"edges per seed: tanh {[round(e[0], 4) for e in self.edges]}, linear "
+                    f"{[round(e[0], 4) for e in self.edges_linear]}; mean field {self.edge_mf:.4f} "
+                    f"(σ_b = {self.bias_scale}, N = {self.width}, {self.depth} layers)")
+        return (f"not one sign change per sweep on σ_w ∈ [{self.scales[0]}, {self.scales[-1]}]: tanh "
+                f"{[len(e) for e in self.edges]}, linear {[len(e) for e in self.edges_linear]}")
+
+
+def edge_of_chaos_study(seeds: Sequence[int], *, n_scales: int, width: int, depth: int, bias_scale: float,
+                        lo: float = 0.5, hi: float = 2.5, device=None) -> EdgeOfChaos:
+    """Largest Lyapunov exponent (:func:`tanh_lyapunov`, float32, first quarter of the layers
+    discarded) on ``n_scales`` weight scales in [``lo``, ``hi``], with tanh and without (the
+    same generator continues), per seed; the edges by :func:`sign_changes`, against the
+    mean-field curve ½ log χ and edge :func:`critical_weight_scale`."""
+    scales = np.linspace(lo, hi, positive_int("n_scales", n_scales, minimum=2))
+    edge_mf = critical_weight_scale(bias_scale, lo=0.05, hi=8.0)
+    lyap, lyap_linear, edges, edges_linear = [], [], [], []
+    for seed in seeds:
+        gl = torch.Generator(device=device).manual_seed(seed)
+        sweep = partial(tanh_lyapunov, width=width, depth=depth, bias_scale=bias_scale, burn_in=depth // 4,
+                        generator=gl, device=device)
+        lyap.append([sweep(float(s)) for s in scales])
+        lyap_linear.append([sweep(float(s), activation="linear") for s in scales])
+        edges.append(sign_changes(scales.tolist(), lyap[-1]))
+        edges_linear.append(sign_changes(scales.tolist(), lyap_linear[-1]))
+    lyap_mf = [0.5 * math.log(mean_field_chi(float(s), bias_scale)[1]) for s in scales]
+    return EdgeOfChaos(scales.tolist(), list(seeds), width, depth, bias_scale, lyap, lyap_linear, edges,
+                       edges_linear, lyap_mf, edge_mf)
+
+
+def plot_edge_of_chaos(ax, result: EdgeOfChaos) -> None:
+    """Lyapunov exponents against σ_w per seed (tanh: circles, linear: crosses), the mean-field
+    curve and its edge (dashed)."""
+    r = result
+    ax.plot(r.scales, r.lyap_mf, "-", color="k", lw=1, label="mean field ½ log χ (tanh)")
+    for k in range(len(r.seeds)):
+        ax.plot(r.scales, r.lyap[k], "o", color=f"C{k}", ms=4,
+                label=f"tanh, N = {r.width}, {r.depth} layers" if k == 0 else None)
+        ax.plot(r.scales, r.lyap_linear[k], "x", color=f"C{k}", ms=4, label="linear (control)" if k == 0 else None)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.axvline(r.edge_mf, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="weight scale σ_w", ylabel="Lyapunov exponent per layer", ylim=(-1.5, 1.2))
+    ax.legend(fontsize=8)
