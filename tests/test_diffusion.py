@@ -26,19 +26,22 @@ SDES = [df.VPSDE(0.1, 20.0), df.VESDE(0.01, 10.0)]
 def test_kernel_variance_is_the_integral_of_g_squared(sde):
     # d/dt s(t)² = g(t)² − 2·(½β) s² for VP (= g² for VE): check s² against a quadrature of the
     # linear ODE v' = g² + 2 a(t) v, a = drift coefficient, v(0) = 0
-    n = 20000
+    n = 1000
     ts = torch.linspace(0, 1, n + 1, dtype=D)
     v = torch.zeros((), dtype=D)
     at = {}
-    for k in range(n):  # Heun on the variance ODE
-        def rhs(t, v):
-            a = -0.5 * sde.beta(t) if sde.kind == "vp" else 0.0
-            return sde.diffusion(t) ** 2 + 2 * a * v
-        t0, t1 = ts[k], ts[k + 1]
-        h = t1 - t0
+
+    def rhs(t, v):
+        a = -0.5 * sde.beta(t) if sde.kind == "vp" else 0.0
+        return sde.diffusion(t) ** 2 + 2 * a * v
+
+    for k in range(n):  # classical RK4 on the variance ODE (error ~ h⁴, far below the tolerance)
+        t0, h = ts[k], ts[k + 1] - ts[k]
         k1 = rhs(t0, v)
-        k2 = rhs(t1, v + h * k1)
-        v = v + h / 2 * (k1 + k2)
+        k2 = rhs(t0 + h / 2, v + h / 2 * k1)
+        k3 = rhs(t0 + h / 2, v + h / 2 * k2)
+        k4 = rhs(t0 + h, v + h * k3)
+        v = v + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         if k + 1 in (n // 10, n):
             at[k + 1] = float(v)
     assert at[n // 10] == pytest.approx(float(sde.noise_std(0.1)) ** 2, rel=1e-6)
@@ -117,7 +120,7 @@ def test_reverse_sde_recovers_a_gaussian_and_brownian_helpers():
     mu = torch.tensor([[1.0, -1.0]], dtype=D)
     mix = df.GaussianMixture(mu, torch.tensor([0.09], dtype=D), torch.ones(1, dtype=D))
     g = torch.Generator().manual_seed(0)
-    n = 20000
+    n = 8000
     dw = df.brownian_increments(400, n, 2, t_end=1e-3, generator=g)
     assert float(dw.var()) == pytest.approx((1 - 1e-3) / 400, rel=0.02)
     coarse = df.coarsen(dw, 4)
@@ -179,3 +182,120 @@ def test_errors_and_small_helpers():
     assert between[0] == pytest.approx(math.exp(math.log(4) + (0.5 - 0.02) / (0.5 - 0.015) * math.log(2)))
     a = torch.zeros(3, 4, 2, dtype=D)
     assert torch.allclose(df.rms_distance(a, a + torch.tensor([3.0, 4.0], dtype=D)), torch.full((3,), 5.0, dtype=D))
+
+
+# ----------------------------------------------------------------------------- the chapter's experiments
+
+
+def small_problem(replicates=2, **kw):
+    return df.mixture_problem("vp", n_modes=4, radius=2.0, std=0.2, bandwidth=0.5, t_end=1e-3, seed=3,
+                              replicates=replicates, **kw)
+
+
+def test_mixture_problem_derives_the_targets_and_refuses_bad_inputs():
+    pb = small_problem()
+    assert pb.seeds == [3000, 3001] and pb.replicates == 2
+    # p_1 of the VP-SDE (β_max = 20) is the N(0, I) prior up to e^{-10}: their MMD² is tiny,
+    # the unit (data to prior) is not, and the rotated mixture is another mixture
+    assert df.mmd2_mixtures(pb.p1, pb.prior, 0.5) < 1e-6 < pb.unit
+    assert torch.allclose(pb.target.means, float(pb.sde.mean_coef(1e-3)) * pb.mix.means)
+    assert df.mmd2_mixtures(pb.mix, pb.wrong, 0.5) > 0.1
+    x = torch.stack([pb.target.sample(2000, torch.Generator().manual_seed(r)) for r in range(2)])
+    assert max(abs(v) for v in pb.quality(x)) < 0.01
+    assert pb.noise(5, 7).shape == (5, 2, 7, 2) and pb.draw(pb.mix, 6).shape == (2, 6, 2)
+    for kw, name in ((dict(kind="subvp"), "kind"), (dict(replicates=0), "replicates"),
+                     (dict(n_modes=1), "n_modes"), (dict(bandwidth=0.0), "bandwidth"),
+                     (dict(t_end=1.0), "t_end"), (dict(beta_min=5.0, beta_max=1.0), "beta_max")):
+        with pytest.raises(ValueError, match=name):
+            df.mixture_problem(**kw)
+    assert isinstance(df.cut_schedule(df.VPSDE(0.1, 20.0)), df.VPSDE)
+    assert df.cut_schedule(df.VESDE(0.01, 10.0)).sigma_max == 1.0
+
+
+def test_forward_and_reverse_experiments_separate_claim_and_control():
+    pb = small_problem()
+    fwd = df.forward_experiment(pb, times=(0.5, 1.0), n_samples=400, n_steps=50, seed=0)
+    assert fwd["paths"]["claim"][1.0].shape == (2, 400, 2)
+    assert max(fwd["c1"]) < 0.02 < 0.05 < min(fwd["c1_control"])
+    assert set(df.forward_records(fwd)) == {"forward_marginal_mmd_t050", "forward_marginal_mmd_t100",
+                                            "forward_marginal_worst"}
+    with pytest.raises(ValueError, match="times"):
+        df.forward_experiment(pb, times=(0.5,), n_samples=10)
+    rev = df.reverse_experiment(pb, n_samples=400, n_steps=64, solver="rk4")
+    q = rev["quality"]
+    assert max(q["sde"] + q["ode"]) < 0.03 and min(q["sde_wrong"] + q["ode_wrong"]) > 0.3
+    assert rev["nfe_ode"] == 4 * 64 and rev["samples"]["ode"].shape == (2, 400, 2)
+    assert rev["target"].shape == (400, 2)
+    with pytest.raises(ValueError, match="solver"):
+        df.reverse_experiment(pb, n_samples=10, n_steps=4, solver="heun")
+
+
+def test_pathwise_experiment_converges_on_the_same_path_only():
+    pb = small_problem(replicates=1)
+    pw = df.pathwise_experiment(pb, n_paths=48, fine=128, sde_steps=(8, 16, 32), euler_steps=(8, 16, 32),
+                                rk4_steps=(2, 4, 8), dopri_tols=(1e-3, 1e-4, 1e-5))
+    assert pw["error"]["same"].shape == (1, 3)
+    assert min(pw["order"]) > 0.3 and max(pw["order_control"]) < 0.2
+    assert pw["fitted"]["probability flow, euler"].value > 0.5
+    with pytest.raises(ValueError, match="fine"):
+        df.pathwise_experiment(pb, n_paths=4, fine=100, sde_steps=(8,))
+
+
+def test_nfe_crossover_on_a_known_curve():
+    # the SDE crosses 0.02 at 16 NFE (replicate 0) and 32 (1); Euler at 8 and never; RK4 at 8, 8
+    curves = {"reverse SDE (EM)": [(8, [0.1, 0.1]), (16, [0.02, 0.05]), (32, [0.01, 0.02])],
+              "probability flow (Euler)": [(4, [0.1, 0.5]), (8, [0.02, 0.5])],
+              "probability flow (RK4)": [(4, [0.5, 0.5]), (8, [0.02, 0.02])]}
+    res = {"curves": curves, "control": [(8, [0.9, 0.9]), (16, [0.8, 0.8])]}
+    c = df.nfe_crossover(res, 0.02)
+    euler = c["nfe"]["probability flow (Euler)"]
+    assert euler[0] == pytest.approx(8.0) and euler[1] == math.inf and c["cap"] == 64
+    assert c["cheapest_ode_nfe"] == pytest.approx([8.0, 8.0]) and c["best_ode"] == "probability flow (RK4)"
+    assert c["log_ratio"] == pytest.approx([1.0, 2.0])
+    assert c["log_ratio_control"] == pytest.approx([math.log2(16 / 64), math.log2(32 / 64)])
+    assert c["median"]["probability flow (Euler)"] == pytest.approx(8.0)
+    assert c["rows"][1][1] == "8.0, not reached"
+    with pytest.raises(ValueError, match="sde"):
+        df.nfe_crossover(res, 0.02, sde="reverse SDE (Heun)")
+
+
+def test_quality_grid_dsm_likelihood_and_generation_fit_together():
+    pb = small_problem()
+    grid = {"reverse SDE (EM)": ("em", (8, 32)), "probability flow (RK4)": ("rk4", (2, 8)),
+            "probability flow (dopri5)": ("dopri5", (1e-2, 1e-3))}
+    qn = df.quality_vs_nfe(pb, n_samples=200, grid=grid, control_steps=(2, 4))
+    assert [n for n, _ in qn["curves"]["probability flow (RK4)"]] == [8, 32]
+    assert len(qn["curves"]["probability flow (dopri5)"][0][0]) == 2  # each replicate's NFE
+    cross = df.nfe_crossover(qn, 0.05)
+    gen = df.generation_samplers(pb, qn, cross, n=50, seed=0)
+    assert set(gen["run"]) == {"sde", "sde_quarter", "ode"}
+    out = gen["run"]["sde"]()
+    assert out.shape == (50, 2) and gen["nfe_sde"] >= 1
+    rev = df.reverse_experiment(pb, n_samples=100, n_steps=16, solver="rk4")
+    dsm = df.dsm_experiment(pb, rev, iterations=3, solver="rk4", seed=0, hidden=16, batch=32, n_error=200)
+    assert set(dsm["records"]) == {"weighted_score_error", "rel_mmd2_learned", "rel_mmd2_untrained",
+                                   "rel_mmd2_discretisation_score_part", "rel_mmd2_score_score_part"}
+    assert dsm["samples"].shape == (2, 100, 2) and len(dsm["rows"]) == 3
+    with pytest.raises(ValueError, match="iterations"):
+        df.dsm_experiment(pb, rev, iterations=0, solver="rk4")
+    lik = df.likelihood_experiment(pb, n_points=4)
+    assert lik["max_abs_error"] < 1e-4 and lik["records"]["likelihood_nfe"] == (lik["nfe"], "evaluations")
+    with pytest.raises(ValueError, match="n_points"):
+        df.likelihood_experiment(pb, n_points=0)
+
+
+def test_step_costs_and_figures():
+    c = df.step_costs(8)
+    assert c["records"]["step_intensity_rk4"][0] == pytest.approx(
+        c["records"]["step_flops_rk4"][0] / c["records"]["step_bytes_rk4"][0])
+    assert len(c["rows"]) == 4 and len(c["header"]) == 5 and len(c["records"]) == 9
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3)
+    pts = torch.zeros(10, 2, dtype=D)
+    df.plot_scatter_panels(axes[:2], [("a", pts), ("b", pts)], lim=3.0, density=mixture())
+    curves = {"reverse SDE (EM)": [(8, [0.1, 0.1])], "probability flow (dopri5)": [([7, 9], [0.01, 0.02])]}
+    df.plot_quality(axes[2], {"curves": curves, "control": [(8, [0.9, 0.9])]}, 0.02)
+    assert len(axes[2].lines) == 3
+    plt.close(fig)

@@ -73,3 +73,45 @@ def test_adjoint_memory_is_flat_and_its_gradient_close():
     assert mem["backprop_bytes"][1] > 2.5 * mem["backprop_bytes"][0]
     assert mem["adjoint_bytes"][1] < 1.5 * mem["adjoint_bytes"][0]
     assert max(mem["grad_rel_err"]) < 0.1
+
+
+def test_gbm_orders_judge_exact_power_laws():
+    steps = [4, 8, 16, 32]
+    errs = {m: {"steps": steps, "strong": [v ** -s for v in steps], "weak": [v ** -(w or 2.0) for v in steps]}
+            for m, (s, w) in sdes.NOMINAL_ORDERS.items()}
+    fit = sdes.gbm_orders(errs)
+    assert fit["ok"] and fit["methods"]["milstein"]["strong"].value == pytest.approx(1.0)
+    assert len(fit["rows"]) == 3 and "milstein: strong 1.00 (expect 1.0)" in fit["detail"]
+    errs["euler"]["strong"] = [v ** -1.0 for v in steps]  # Euler–Maruyama at order 1: not its order
+    assert not sdes.gbm_orders(errs)["ok"]
+
+
+def test_coefficient_errors_are_relative_l2_in_float64():
+    g = torch.Generator().manual_seed(1)
+    model = sdes.NeuralSDE(2, 8, generator=g).double()
+    ou = sdes.OU(2.0, 0.5, 0.5)
+    visited = torch.rand(2, 50, generator=g, dtype=D)
+    ef, eg = sdes.coefficient_errors(model, ou, visited)
+    x = visited[1][:, None]
+    with torch.no_grad():
+        f = model.drift(visited[..., None])[1]
+    expect = float((f - ou.drift(x)).norm() / ou.drift(x).norm())
+    assert ef[1] == pytest.approx(expect, rel=1e-12) and len(eg) == 2
+
+
+def test_fit_and_memory_experiments_return_what_the_chapter_records():
+    fit = sdes.fit_experiment(replicates=1, n_paths=64, iterations=40, seed=0, n_obs=30, n_simulated=200,
+                              t_simulated=0.5)
+    assert len(fit["drift_error"]) == 2 and len(fit["error"]) == len(fit["error_control"]) == 1
+    assert fit["paths"].shape == (31, 2, 64) and fit["seeds"] == [17]
+    assert fit["stationary_std"] == pytest.approx(0.25)
+    for kw, name in ((dict(replicates=0), "replicates"), (dict(n_paths=0), "n_paths"),
+                     (dict(iterations=0), "iterations")):
+        with pytest.raises(ValueError, match=name):
+            sdes.fit_experiment(**{**dict(replicates=1, n_paths=4, iterations=1), **kw})
+    mem = sdes.memory_experiment(fit["paths"], n_transitions=16, steps=(2, 4, 8), replicas=2, hidden=8)
+    assert set(mem["records"]) == {f"{w}_bytes_{n}" for w in ("adjoint", "backprop") for n in (2, 4, 8)} | {
+        "adjoint_grad_rel_err_max_steps", "memory_max_steps", "adjoint_memory_ratio_max_steps"}
+    assert mem["slope_backprop"].value > mem["slope_adjoint"].value
+    with pytest.raises(ValueError, match="n_transitions"):
+        sdes.memory_experiment(fit["paths"], n_transitions=0)

@@ -9,6 +9,10 @@ dX = θ(μ − X) dt + σ dW; a ``NeuralSDE`` has drift f_θ(x) and diagonal dif
 |E X_N(T) − E X(T)|, estimated with common random numbers (the same paths), so its Monte
 Carlo noise is that of the difference, not of X. ``method`` names are torchsde's (``"euler"``
 is Euler–Maruyama for Itô SDEs, ``"milstein"``, ``"srk"`` is Rößler's strong-order-1.5 SRK).
+
+Chapter 4's experiments: :func:`gbm_orders` (fitted orders and the check), :func:`fit_experiment`
+(the Neural SDE fitted to OU paths, its double-well control) and :func:`memory_experiment`
+(peak bytes of the stochastic adjoint against backpropagation), with their figures.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from dynbook import _checks
 
 
 #: (strong, weak) orders the theory gives for GBM (multiplicative, diagonal noise); SRK's
@@ -234,12 +240,15 @@ def simulate(model, x0: torch.Tensor, *, t1: float, n_steps: int, seed: int = 0)
 def coefficient_errors(model: NeuralSDE, truth, visited: torch.Tensor) -> tuple[list[float], list[float]]:
     """Relative L2 errors of each member's drift and diffusion against ``truth`` over the
     points it visited, ``visited (members, n)``: ‖f_θ − f‖/‖f‖ and ‖g_φ − g‖/‖g‖."""
+    from dynbook.measure.fits import relative_error
+
     x = visited[..., None]
     with torch.no_grad():
-        df = model.drift(x) - truth.drift(x)
-        dg = model.diffusion(x) - truth.diffusion(x)
-        fn, gn = truth.drift(x).norm(dim=(1, 2)), truth.diffusion(x).norm(dim=(1, 2))
-    return (df.norm(dim=(1, 2)) / fn).tolist(), (dg.norm(dim=(1, 2)) / gn).tolist()
+        f, g = model.drift(x), model.diffusion(x)
+        f0, g0 = truth.drift(x), truth.diffusion(x)
+    members = range(x.shape[0])
+    return ([relative_error(f[i], f0[i], norm="fro") for i in members],
+            [relative_error(g[i], g0[i], norm="fro") for i in members])
 
 
 def memory_vs_steps(model: NeuralSDE, x0, x1, steps, *, dt: float, replicas: int, device: str = "cpu") -> dict:
@@ -260,3 +269,114 @@ def memory_vs_steps(model: NeuralSDE, x0, x1, steps, *, dt: float, replicas: int
             grads[adjoint] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
         out["grad_rel_err"].append(float((grads[True] - grads[False]).norm() / grads[False].norm()))
     return out
+
+
+# ----------------------------------------------------------------------------- the experiments
+
+
+def gbm_orders(errors: dict) -> dict:
+    """Fitted strong and weak orders (−slope of log error vs log steps, with intervals) of
+    :func:`gbm_errors`' result, and whether each meets :data:`NOMINAL_ORDERS` (strong within
+    0.2, weak within 0.3; SRK's weak order unchecked): ``methods[m] = {"strong", "weak", "ok",
+    "expected"}``, ``ok`` (all of them), the check's ``detail`` and the table's ``rows``."""
+    from dynbook.measure.fits import loglog_slope
+
+    out = {}
+    for m, (p_strong, p_weak) in NOMINAL_ORDERS.items():
+        r = errors[m]
+        strong = loglog_slope(r["steps"], r["strong"]).map(lambda v: -v)
+        weak = loglog_slope(r["steps"], r["weak"]).map(lambda v: -v)
+        ok = abs(strong.value - p_strong) <= 0.2 and (p_weak is None or abs(weak.value - p_weak) <= 0.3)
+        out[m] = {"strong": strong, "weak": weak, "ok": ok, "expected": (p_strong, p_weak)}
+    detail = "; ".join(f"{m}: strong {o['strong'].value:.2f} (expect {o['expected'][0]}), weak "
+                       f"{o['weak'].value:.2f}" + (f" (expect {o['expected'][1]})" if o["expected"][1] else "")
+                       for m, o in out.items())
+    rows = [[m, o["expected"][0], o["strong"].value, f"[{o['strong'].lo:.2f}, {o['strong'].hi:.2f}]",
+             o["expected"][1] or "—", o["weak"].value, f"[{o['weak'].lo:.2f}, {o['weak'].hi:.2f}]"]
+            for m, o in out.items()]
+    return {"methods": out, "ok": all(o["ok"] for o in out.values()), "detail": detail, "rows": rows}
+
+
+def fit_experiment(*, replicates: int, n_paths: int, iterations: int, seed: int = 0, n_obs: int = 100,
+                   dt: float = 0.02, hidden: int = 32, batch: int = 1024, lr: float = 2e-2,
+                   n_simulated: int = 2000, t_simulated: float = 3.0) -> dict:
+    """Fit ``replicates`` Neural SDEs to OU(θ=2, μ=0.5, σ=0.5) paths and as many, the control,
+    to double-well paths (σ = 0.5), all started uniformly in [−1, 2] and observed every ``dt``
+    (:func:`fit_neural_sde`); generator seeded ``seed + 17``. ``drift_error``/``diffusion_error``
+    per model against the OU coefficients on the points it visited (claim models first, then
+    the controls); ``simulated_std``: the fitted OU models' spread after ``t_simulated`` from
+    X = μ, simulated by torchsde, against ``stationary_std`` = σ/√(2θ)."""
+    R = _checks.positive_int("replicates", replicates)
+    _checks.positive_int("n_paths", n_paths)
+    _checks.positive_int("iterations", iterations)
+    ou, dwell = OU(2.0, 0.5, 0.5), DoubleWell(0.5)
+    g = torch.Generator().manual_seed(seed + 17)
+    x0 = 3 * torch.rand(R, n_paths, generator=g, dtype=torch.float64) - 1
+    paths = torch.cat([ou.paths(x0, n_obs, dt, g), dwell.paths(x0, n_obs, dt, g, substeps=10)], 1)
+    model = NeuralSDE(2 * R, hidden, generator=g).double()
+    losses = fit_neural_sde(model, paths, dt=dt, iterations=iterations, batch=batch, lr=lr, generator=g)
+    visited = paths.permute(1, 0, 2).reshape(2 * R, -1)
+    ef, eg = coefficient_errors(model, ou, visited)
+    x = simulate(model, torch.full((2 * R * n_simulated, 1), ou.mu, dtype=torch.float64), t1=t_simulated,
+                 n_steps=round(t_simulated / dt), seed=seed)
+    return {"truth": ou, "model": model, "paths": paths, "visited": visited, "losses": losses,
+            "drift_error": ef, "diffusion_error": eg, "replicates": R, "seeds": [seed + 17],
+            "error": [max(a, b) for a, b in zip(ef[:R], eg[:R])],
+            "error_control": [max(a, b) for a, b in zip(ef[R:], eg[R:])],
+            "simulated_std": float(x.reshape(2 * R, -1)[:R].std(1).mean()),
+            "stationary_std": ou.sigma / math.sqrt(2 * ou.theta)}
+
+
+def memory_experiment(paths: torch.Tensor, *, n_transitions: int, steps=(2, 4, 8, 16), dt: float = 0.02,
+                      replicas: int = 8, hidden: int = 32, seed: int = 0) -> dict:
+    """:func:`memory_vs_steps` for a fresh Neural SDE on the first ``n_transitions`` observed
+    transitions of the first path set of ``paths (n_obs + 1, members, n)``, on the CPU, with
+    the log–log slopes of peak bytes against steps (``slope_adjoint``, ``slope_backprop``)
+    and ``records`` ``{name: (value, unit)}``."""
+    from dynbook.measure.fits import loglog_slope
+
+    _checks.positive_int("n_transitions", n_transitions)
+    model = NeuralSDE(1, hidden, generator=torch.Generator().manual_seed(seed)).double()
+    x0 = paths[:-1, 0].reshape(1, -1, 1)[:, :n_transitions]
+    x1 = paths[1:, 0].reshape(1, -1, 1)[:, :n_transitions]
+    mem = memory_vs_steps(model, x0, x1, list(steps), dt=dt, replicas=replicas, device="cpu")
+    mem["slope_adjoint"] = loglog_slope(mem["steps"], mem["adjoint_bytes"])
+    mem["slope_backprop"] = loglog_slope(mem["steps"], mem["backprop_bytes"])
+    rec = {}
+    for n, a, b in zip(mem["steps"], mem["adjoint_bytes"], mem["backprop_bytes"]):
+        rec[f"adjoint_bytes_{n}"], rec[f"backprop_bytes_{n}"] = (a, "bytes"), (b, "bytes")
+    rec["adjoint_grad_rel_err_max_steps"] = (mem["grad_rel_err"][-1], "")
+    rec["memory_max_steps"] = (mem["steps"][-1], "")
+    rec["adjoint_memory_ratio_max_steps"] = (mem["adjoint_bytes"][-1] / mem["backprop_bytes"][-1], "")
+    mem["records"] = rec
+    return mem
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_gbm(ax, errors: dict) -> None:
+    """Strong (solid) and weak (dashed) errors of :func:`gbm_errors` against steps."""
+    for i, (m, r) in enumerate(errors.items()):
+        ax.loglog(r["steps"], r["strong"], "o-", c=f"C{i}", label=f"{m} strong")
+        ax.loglog(r["steps"], r["weak"], "s--", c=f"C{i}", alpha=0.7, label=f"{m} weak")
+    ax.set(xlabel="steps", ylabel="error at T = 1")
+    ax.legend(ncol=2)
+
+
+def plot_coefficients(axes, result: dict) -> None:
+    """Drift (``axes[0]``) and diffusion (``axes[1]``) of :func:`fit_experiment`'s models on
+    the visited range: claim models in colour, controls grey, the OU truth dashed black."""
+    visited, model, R, ou = result["visited"], result["model"], result["replicates"], result["truth"]
+    xs = torch.linspace(float(visited.min()), float(visited.max()), 200, dtype=torch.float64)
+    xe = xs.reshape(1, -1, 1).expand(2 * R, -1, 1)
+    with torch.no_grad():
+        fd, gd = model.drift(xe)[..., 0], model.diffusion(xe)[..., 0]
+    for r in range(2 * R):
+        kw = {"c": f"C{r}"} if r < R else {"c": "gray", "alpha": 0.6}
+        axes[0].plot(xs, fd[r], **kw)
+        axes[1].plot(xs, gd[r], **kw)
+    axes[0].plot(xs, ou.drift(xs), "k--")
+    axes[1].plot(xs, ou.diffusion(xs), "k--")
+    axes[0].set(xlabel="x", ylabel="drift f(x)")
+    axes[1].set(xlabel="x", ylabel="diffusion g(x)", ylim=(0, 1))
