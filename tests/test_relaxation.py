@@ -158,3 +158,132 @@ def test_tolerated_workers_bad_inputs():
         R.delayed_sgd(pb, [0.1], [-1], 10)
     with pytest.raises(ValueError, match="lam_min"):
         R.StreamingRegression(lam_min=2.0, lam_max=1.0)
+
+
+# ----------------------------------------------------------------------------- the chapter's studies
+
+
+def _metric_names(out):
+    return [m["name"] for m in out["metrics"]]
+
+
+def test_stability_study_puts_theory_in_the_measured_cell():
+    grid = np.geomspace(0.1, 2.5, 60).tolist()
+    out = R.stability_study([0, 2, 5], grid, n_steps=3000)
+    assert out["agree"] and out["predicted"] == [R.delay_stability_limit(t) for t in (0, 2, 5)]
+    assert out["measured"] == R.measured_stability_limits([0, 2, 5], grid, n_steps=3000).tolist()
+    assert _metric_names(out) == ["stability_limit_tau0", "stability_limit_tau_max", "tau_max"]
+    too_short = R.stability_study([0, 2, 5], grid, n_steps=4)
+    assert not too_short["agree"]  # four steps cannot tell a slow divergence: the check must fail
+
+
+def test_linear_speedup_fits_the_groups_exponents():
+    pb = R.StreamingRegression(dim=4, seed=0)
+    out = R.linear_speedup(pb, [64, 256], [1, 2, 4, 8], fixed_step=0.2, n_groups=2,
+                           seeds_per_group=2, seed=3)
+    for k in (64, 256):
+        w, final = R.tolerated_workers_by_group(pb, k, [1, 2, 4, 8], [1 / math.sqrt(k), 0.2],
+                                                n_groups=2, seeds_per_group=2, seed=3)
+        torch.testing.assert_close(out["w_max"][k], w, rtol=0, atol=0)
+    for e in (0, 1):  # two points: the slope is exact
+        expected = [math.log(float(out["w_max"][256][e, g]) / float(out["w_max"][64][e, g])) / math.log(4)
+                    for g in range(2)]
+        assert out["slopes"][e] == pytest.approx(expected, rel=1e-12)
+    assert "lian_slope" in _metric_names(out) and "w_max_K256" in _metric_names(out)
+    with pytest.raises(ValueError, match="fixed_step=0"):
+        R.linear_speedup(pb, [64, 256], [1, 2], fixed_step=0)
+    with pytest.raises(ValueError, match="iterations=0"):
+        R.linear_speedup(pb, [0, 256], [1, 2])
+
+
+def test_lattice_timing_rows_costs_and_agreement():
+    out = R.lattice_timing([4, 6], repeats=2, min_run_time=0.001)
+    assert out["exact_error"] < 1e-12 and out["same"]
+    assert [r["n"] for r in out["rows"]] == [4, 6]
+    for r in out["rows"]:
+        assert all(len(t) == 2 and min(t) > 0 for t in r["times"].values())
+        assert r["stencil"] == {"flops": 7 * r["n"] ** 2, "bytes": 8 * r["n"] ** 2}
+        assert r["ratio"].value == pytest.approx(min(r["times"]["dense_operator"]) / min(r["times"]["stencil"]))
+    assert len(out["table"][1]) == 4 and "lattice_time_ratio_n_min" in _metric_names(out)
+    with pytest.raises(ValueError, match="repeats=0"):
+        R.lattice_timing([4], repeats=0)
+
+
+def test_relaxation_study_repeats_jacobi_and_chaotic_relaxation():
+    out = R.relaxation_study([0, 1], n=6, mass2=2.0, tol=1e-7, max_delays=(0, 2))
+    f = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, sweeps, _ = R.jacobi(f, 2.0, tol=1e-7)
+    _, _, updates, _ = R.chaotic_relaxation(f, 2.0, max_delay=2, seed=1, tol=1e-7)
+    assert out["sweeps"][1] == sweeps and out["work"][2][1] == pytest.approx(updates / 36 / sweeps)
+    assert len(out["errors"]) == 2 * 3 and max(out["errors"]) < out["bound"]
+    assert set(out["curves"]) == {0, 2} and _metric_names(out)[-1] == "async_work_ratio_stale2"
+    with pytest.raises(ValueError, match="mass2=0"):
+        R.relaxation_study([0], mass2=0)
+
+
+def test_movement_kernels_compute_and_count():
+    ks = R.movement_kernels(6, 5, [2, 7, 3])
+    assert list(ks) == ["gemm_small", "gemm_half", "gemm_large", "stencil", "scan"]
+    assert [tuple(ks[k][1]().shape) for k in ks] == [(1, 6), (3, 6), (6, 6), (5, 5), (2, 7, 3)]
+    assert ks["gemm_half"][2] == {"flops": 2 * 6 * 6 * 3, "bytes": 4 * (36 + 18 + 18)}
+    assert ks["scan"][2]["flops"] == 2 * 7 * 3
+    with pytest.raises(ValueError, match="gemm_n=1"):
+        R.movement_kernels(1, 5, [2, 7, 3])
+
+
+def test_kernel_energy_without_a_counter_times_per_flop():
+    ks = R.movement_kernels(8, 4, [1, 16, 2])
+    out = R.kernel_energy(ks, None, min_seconds=0.001, readings=2)
+    for k, row in out["rows"].items():
+        assert row["measured_pj"] is None and row["gflops"] > 0
+        assert row["model"].flops == ks[k][2]["flops"] and row["model"].dram_bytes == ks[k][2]["bytes"]
+    assert out["table"][1][0][-1] == "unavailable"
+    assert len(out["metrics"]) == 4 * len(ks)
+
+
+def test_figures_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pb = R.StreamingRegression(dim=4, seed=0)
+    fig, axes = plt.subplots(5, 2)
+    R.plot_staleness(axes[0], R.stability_study([0, 1], np.geomspace(0.1, 2.5, 20).tolist(), n_steps=200),
+                     [0.1], [0, 1], [[1.0, 2.0]])
+    R.plot_speedup(axes[1], R.linear_speedup(pb, [64, 128], [1, 2, 4], n_groups=2, seeds_per_group=1))
+    R.plot_lattice(axes[2], R.lattice_timing([4, 5], repeats=2, min_run_time=0.001))
+    R.plot_relaxation(axes[3, 0], R.relaxation_study([0], n=4, mass2=2.0, tol=1e-5))
+    R.plot_energy(axes[3, 1], R.kernel_energy(R.movement_kernels(4, 4, [1, 8, 1]), None, min_seconds=0.001,
+                                              readings=2))
+    assert all(ax.has_data() for ax in axes[:4].flat)
+    plt.close(fig)
+
+
+def test_kernel_energy_with_a_counter_gives_net_picojoules_per_flop():
+    from dynbook.measure.energy import EnergyReading
+
+    class CountingMeter:  # charges 3 µJ per call, plus 2 W of idle power (no hardware)
+        available, reason, source = True, "", "scripted"
+
+        def __init__(self):
+            self.calls = 0
+
+        def __enter__(self):
+            self.calls = 0
+            return self
+
+        def __exit__(self, *exc):
+            s = 1e-3 * self.calls
+            self.reading = EnergyReading("scripted", seconds=s, joules=3e-6 * self.calls + 2.0 * s, idle_watts=2.0)
+            return False
+
+    meter = CountingMeter()
+    kernels = {"a": ("A", lambda: setattr(meter, "calls", meter.calls + 1), {"flops": 10, "bytes": 40}),
+               "b": ("B", lambda: setattr(meter, "calls", meter.calls + 1), {"flops": 30, "bytes": 40})}
+    out = R.kernel_energy(kernels, meter, min_seconds=1e-4, readings=3)
+    assert out["rows"]["a"]["measured_pj"] == pytest.approx([3e-6 / 10 * 1e12] * 3)
+    assert out["rows"]["b"]["measured_pj"] == pytest.approx([1e5] * 3)
+    measured = {m["name"]: m["value"] for m in out["metrics"]}
+    assert measured["energy_a_measured_pj_per_flop"] == pytest.approx(3e5)
+    assert out["table"][1][1][-1] == "1e+05"

@@ -21,14 +21,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from dynbook._checks import one_of, positive, positive_int
+
 BACKENDS = ("auto", "gloo", "nccl")
-
-
-def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` > 0 (or >= 0)."""
-    bad = value < 0 if allow_zero else value <= 0
-    if bad:
-        raise ValueError(f"{name}={value!r} is not allowed: expected {'>= 0' if allow_zero else '> 0'}")
 
 
 class WorkerError(RuntimeError):
@@ -90,8 +85,7 @@ def _shutdown(procs, grace: float = 2.0) -> None:
 
 def resolve_backend(backend: str, device: str, world_size: int) -> str:
     """``auto`` → ``nccl`` when ``device == 'cuda'`` and there is one GPU per worker, else ``gloo``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not allowed: expected one of {BACKENDS}")
+    one_of("backend", backend, BACKENDS)
     enough_gpus = device == "cuda" and torch.cuda.is_available() and torch.cuda.device_count() >= world_size
     if backend == "nccl" and not enough_gpus:
         raise ValueError(f"backend='nccl' needs device='cuda' and {world_size} GPUs (one per worker); "
@@ -123,10 +117,9 @@ def launch(fn: Callable, world_size: int, args: Sequence = (), *, backend: str |
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size={world_size!r} is not allowed: expected an integer >= 1")
-    check_positive("timeout", timeout)
-    check_positive("init_timeout", init_timeout)
+    positive_int("world_size", world_size)
+    positive("timeout", timeout)
+    positive("init_timeout", init_timeout)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     store = port = None

@@ -39,6 +39,12 @@ clocks, which separate hosts do not have)::
 
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d \\
              --rdzv-endpoint HOST:29500 -m dynbook.sync.regimes --regime local --period 8
+
+The synchronization chapter's experiment is one call, :func:`sync_study`: every run it needs
+(replay checks, a model-size sweep, local SGD against synchronous SGD, random delays and a
+persistently slow worker) in one launch, returned as a :class:`SyncStudy` whose analyses give
+the per-seed quantities its claims are decided on, the metrics it records and its tables;
+:func:`plot_share`, :func:`plot_losses` and :func:`plot_delays` draw its figures.
 """
 
 from __future__ import annotations
@@ -55,7 +61,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dynbook.sync.processes import BACKENDS, check_positive, launch, resolve_backend
+from dynbook._checks import one_of, positive, positive_int, probability
+from dynbook.measure.fits import relative_error
+from dynbook.sync.processes import BACKENDS, launch, resolve_backend
+from dynbook.sync.relaxation import _metric
 
 REGIMES = ("sync", "local", "hogwild", "alone")
 SHARDINGS = ("iid", "sorted")
@@ -90,13 +99,12 @@ class Problem:
 
     def __post_init__(self):
         for name in ("n_features", "hidden", "n_samples"):
-            check_positive(name, getattr(self, name))
-        check_positive("noise", self.noise, allow_zero=True)
-        check_positive("teacher_scale", self.teacher_scale)
+            positive_int(name, getattr(self, name))
+        positive("noise", self.noise, allow_zero=True)
+        positive("teacher_scale", self.teacher_scale)
         if self.teacher_hidden is not None:
-            check_positive("teacher_hidden", self.teacher_hidden)
-        if self.sharding not in SHARDINGS:
-            raise ValueError(f"sharding={self.sharding!r} is not allowed: expected one of {SHARDINGS}")
+            positive_int("teacher_hidden", self.teacher_hidden)
+        one_of("sharding", self.sharding, SHARDINGS)
 
     @property
     def n_params(self) -> int:
@@ -186,8 +194,8 @@ class Training:
 
     def __post_init__(self):
         for name in ("n_steps", "batch_size", "log_every"):
-            check_positive(name, getattr(self, name))
-        check_positive("step_size", self.step_size)
+            positive_int(name, getattr(self, name))
+        positive("step_size", self.step_size)
 
 
 @dataclass(frozen=True)
@@ -207,15 +215,13 @@ class Regime:
     jitter_delay: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in REGIMES:
-            raise ValueError(f"kind={self.kind!r} is not allowed: expected one of {REGIMES}")
-        check_positive("period", self.period)
+        one_of("kind", self.kind, REGIMES)
+        positive_int("period", self.period)
         if self.kind != "local" and self.period != 1:
             raise ValueError(f"period={self.period!r} is not allowed for kind={self.kind!r}: expected 1")
-        check_positive("straggler_delay", self.straggler_delay, allow_zero=True)
-        check_positive("jitter_delay", self.jitter_delay, allow_zero=True)
-        if not 0 <= self.jitter_prob <= 1:
-            raise ValueError(f"jitter_prob={self.jitter_prob!r} is not allowed: expected in [0, 1]")
+        positive("straggler_delay", self.straggler_delay, allow_zero=True)
+        positive("jitter_delay", self.jitter_delay, allow_zero=True)
+        probability("jitter_prob", self.jitter_prob)
 
     @property
     def slowed(self) -> bool:
@@ -717,12 +723,6 @@ def train_hogwild(problem: Problem, training: Training, regimes: Sequence[Regime
     return run_jobs([Job(problem, training, r, seed) for r in regimes], world_size, timeout=timeout)
 
 
-def relative_difference(theta, reference: torch.Tensor) -> float:
-    """``max |θ − θ_ref| / max |θ_ref|`` in float64 (``theta`` may be a NumPy array)."""
-    ref = torch.as_tensor(reference).double()
-    return float((torch.as_tensor(theta).double() - ref).abs().max() / ref.abs().max())
-
-
 def reference_sgd(problem: Problem, training: Training, world_size: int,
                   regime: Regime = Regime("sync"), *, seed: int = 0,
                   dtype=torch.float64) -> torch.Tensor:
@@ -771,6 +771,294 @@ def expected_idle_per_delay(prob: float, world_size: int, period: int, n_steps: 
     full, rest = divmod(n_steps, period)
     idle = full * e_max(period) + (e_max(rest) if rest else 0.0)
     return idle / (n_steps * prob)
+
+
+# ----------------------------------------------------------------------------- the chapter's study
+
+SMALL = dict(n_features=8, hidden=16, teacher_hidden=2, teacher_scale=2.0)  # learnable to the floor
+
+
+@dataclass
+class SyncStudy:
+    """Every distributed run of the synchronization chapter, from one launch of ``workers``
+    processes (:func:`sync_study`), and the quantities its claims are decided on.
+
+    ``runs`` maps a key to its :class:`RunResult`: ``("check", name)`` (replay checks),
+    ``("sweep", seed, hidden, kind)`` (collective share against model size),
+    ``("local", seed, sharding, name)`` (local SGD's result), ``("slow", seed, kind)`` (one
+    persistently slow worker) and ``("jitter", seed, period)`` (random delays; period 0 is
+    synchronous SGD). Each analysis returns a dict with the per-seed quantities, ``metrics``
+    (what the chapter records: keyword arguments of :func:`dynbook.record`) and, where the
+    chapter shows one, ``table`` (header and rows for :func:`dynbook.show.table`)."""
+
+    runs: dict
+    workers: int
+    seeds: list
+    jitter_seeds: list
+    sizes: list
+    period: int
+    jitter_steps: int
+    jitter_prob: float
+    delay_s: float
+    n_steps: int
+    backend: str
+    check_problem: Problem
+    check_training: Training
+    seed: int = 0
+
+    def metrics(self) -> list[dict]:
+        """What the study was: workers, steps, period, backend, cores, seeds and runs."""
+        import multiprocessing
+
+        return [_metric("world_size", self.workers, "processes"), _metric("n_steps_per_worker", self.n_steps, "steps"),
+                _metric("period_h", self.period, "steps"), _metric("backend", self.backend),
+                _metric("cpu_count", multiprocessing.cpu_count(), "cores"), _metric("seeds", self.seeds),
+                _metric("n_seeds_used", len(self.seeds), "seeds"),
+                _metric("n_jitter_seeds", len(self.jitter_seeds), "seeds"),
+                _metric("n_runs", len(self.runs), "training runs")]
+
+    @property
+    def slow_rank(self) -> int:
+        return self.workers - 1  # rank 0 logs the loss; the slow one is another
+
+    @property
+    def sweep_steps(self) -> int:
+        """Steps of each run of the model-size sweep."""
+        return self.runs[("sweep", self.seeds[0], self.sizes[0], "sync")].job.training.n_steps
+
+    def checks(self) -> dict:
+        """The identities the runs must satisfy: float64 one-process replays of sync SGD
+        (``sync_error``), local SGD with H = 1 against sync (``h1_error``) and with H = period
+        (``local_error``), and the collective counters (``counts_ok`` over ``n_counted`` runs)."""
+        r, H = self.runs, self.period
+        ref = reference_sgd(self.check_problem, self.check_training, self.workers, seed=self.seed)
+        local_ref = reference_sgd(self.check_problem, self.check_training, self.workers,
+                                  Regime("local", H), seed=self.seed)
+        counted = [v for v in r.values() if v.regime.kind != "hogwild"]
+        return {"sync_error": relative_error(r[("check", "sync")].theta, ref),
+                "h1_error": relative_error(r[("check", "local_h1")].theta, r[("check", "sync")].theta),
+                "local_error": relative_error(r[("check", f"local_h{H}")].theta, local_ref),
+                "counts_ok": all(v.sync_count == v.expected_sync_count
+                                 and v.bytes == v.sync_count * v.job.problem.n_params * 4 for v in counted),
+                "n_counted": len(counted)}
+
+    def share_sweep(self) -> dict:
+        """Per hidden width: ``share`` and ``wait_share`` (per seed, synchronous SGD),
+        ``alone`` (per seed, smallest and largest width), ``params``, ``allreduce_s`` (median
+        all-reduce after the last arrival), the latency–bandwidth fit ``alpha``, ``beta``,
+        and ``growth`` (``growth_alone``): largest − smallest share per seed."""
+        r, seeds, sizes = self.runs, self.seeds, self.sizes
+        share = {h: [r[("sweep", s, h, "sync")].collective_share for s in seeds] for h in sizes}
+        wait = {h: [r[("sweep", s, h, "sync")].wait_share for s in seeds] for h in sizes}
+        alone = {h: [r[("sweep", s, h, "alone")].collective_share for s in seeds] for h in (sizes[0], sizes[-1])}
+        params = {h: Problem(hidden=h).n_params for h in sizes}
+        coll = {h: float(np.median(np.concatenate([r[("sweep", s, h, "sync")].collective_times() for s in seeds])))
+                for h in sizes}
+        alpha, beta = fit_alpha_beta([4 * params[h] for h in sizes], [coll[h] for h in sizes])
+        big, small = sizes[-1], sizes[0]
+        metrics = [_metric("sweep_steps", self.sweep_steps, "steps"),
+                   _metric("sweep_widths", ", ".join(map(str, sizes)))]
+        for h in sizes:
+            metrics += [_metric(f"share_h{h}", float(np.mean(share[h])), "fraction of wall time", "C1a",
+                                {"hidden": h, "n_params": params[h], "per_seed": share[h]}),
+                        _metric(f"allreduce_s_h{h}", coll[h], "s (median all-reduce after last arrival)", "C1a")]
+        metrics += [_metric("alpha_us", alpha * 1e6, "µs (fitted latency)", "C1a"),
+                    _metric("beta_gbps", (1 / beta / 1e9) if beta > 0 else None, "GB/s (fitted 1/β)", "C1a"),
+                    _metric("share_largest", float(np.mean(share[big])), "fraction", "C1a"),
+                    _metric("wait_share_largest", float(np.mean(wait[big])), "fraction", "C1a"),
+                    _metric("share_smallest", float(np.mean(share[small])), "fraction", "C1d"),
+                    _metric("params_largest", params[big], "parameters"),
+                    _metric("params_smallest", params[small], "parameters")]
+        table = (["hidden", "parameters", "share in collectives (per seed)", "of which waiting",
+                  "median all-reduce µs", "α + βs µs"],
+                 [(h, params[h], ", ".join(f"{v:.2f}" for v in share[h]), f"{np.mean(wait[h]):.2f}",
+                   f"{coll[h] * 1e6:.0f}", f"{(alpha + beta * 4 * params[h]) * 1e6:.0f}") for h in sizes])
+        return {"share": share, "wait_share": wait, "alone": alone, "params": params, "allreduce_s": coll,
+                "alpha": alpha, "beta": beta, "growth": [a - b for a, b in zip(share[big], share[small])],
+                "growth_alone": [a - b for a, b in zip(alone[big], alone[small])],
+                "metrics": metrics, "table": table}
+
+    def local_sgd(self) -> dict:
+        """Excess test loss (above the teacher's own) of local SGD ÷ synchronous SGD per seed:
+        ``iid`` shards, ``sorted`` shards, and workers ``alone`` on sorted shards; the sync
+        runs' ``test``/``floor`` losses, and how many fewer collectives local SGD made."""
+        from scipy.stats import gmean
+
+        r, H = self.runs, self.period
+        sync_runs = [r[("local", s, "iid", "sync")] for s in self.seeds]
+        ratio = {k: [r[("local", s, *key)].excess_test_loss / b.excess_test_loss
+                     for s, b in zip(self.seeds, sync_runs)]
+                 for k, key in (("iid", ("iid", f"local_h{H}")), ("sorted", ("sorted", f"local_h{H}")),
+                                ("alone", ("sorted", "alone")))}
+        test = [b.test_loss for b in sync_runs]
+        floor = [b.job.problem.test_floor() for b in sync_runs]
+        reduction = sync_runs[0].sync_count / r[("local", self.seeds[0], "iid", f"local_h{H}")].sync_count
+        unit = "× sync (geometric mean)"
+        metrics = [_metric("sync_test_over_floor", float(np.mean(np.divide(test, floor))), "× floor", "C1b"),
+                   *(_metric(name, float(gmean(ratio[k])), unit, "C1b", {"per_seed": ratio[k]})
+                     for name, k in (("excess_ratio_local", "iid"), ("excess_ratio_sorted_local", "sorted"),
+                                     ("excess_ratio_alone_sorted", "alone"))),
+                   _metric("sync_count_reduction", reduction, "×", "C1b")]
+        table = (["seed", "sync test loss", "floor", "local/sync excess (iid)", "local/sync excess (split)",
+                  "alone/sync excess (split)"],
+                 [(s, f"{t:.5f}", f"{f:.5f}", f"{a:.2f}", f"{b:.2f}", f"{c:.3g}") for s, t, f, a, b, c
+                  in zip(self.seeds, test, floor, ratio["iid"], ratio["sorted"], ratio["alone"])])
+        return {**ratio, "test": test, "floor": floor, "sync_reduction": reduction, "metrics": metrics,
+                "table": table}
+
+    def energy_ratios(self):
+        """Joules of local SGD ÷ synchronous SGD per seed, and of local SGD with H = 1 ÷
+        synchronous SGD under the same random delays (the control); ``None`` and the reason
+        when no energy counter was readable."""
+        H, r = self.period, self.runs
+        local = [(r[("local", s, "iid", f"local_h{H}")].joules, r[("local", s, "iid", "sync")].joules)
+                 for s in self.seeds]
+        ctl = [(r[("jitter", s, 1)].joules, r[("jitter", s, 0)].joules) for s in self.jitter_seeds]
+        if any(j is None for pair in local + ctl for j in pair):
+            reason = r[("local", self.seeds[0], "iid", "sync")].ranks[0]["energy_reason"] or "not metered"
+            return None, reason
+        return ([a / b for a, b in local], [a / b for a, b in ctl]), ""
+
+    def delays(self) -> dict:
+        """Random delays: ``idle`` per unit delay per seed by period (0: synchronous) with its
+        ``expected`` value from the delays alone, the ratios local ÷ sync (``ratio_local``) and
+        H = 1 ÷ sync (``ratio_h1``). A slow worker: ``bound`` (updates/s ÷ P / t_slow) per seed
+        for sync and Hogwild, the slow worker's ``slow_share`` of Hogwild's updates and
+        Hogwild's final loss ÷ synchronous SGD's (``loss_ratio``)."""
+        r, seeds, H, T = self.runs, self.jitter_seeds, self.period, self.jitter_steps
+        idle = {p: [r[("jitter", s, p)].idle_per_delay for s in seeds] for p in (0, 1, H, T)}
+        expected = {p: expected_idle_per_delay(self.jitter_prob, self.workers, max(p, 1), T) for p in idle}
+        bound = {k: [r[("slow", s, k)].bound_ratio for s in seeds] for k in ("sync", "hogwild")}
+        hog = [r[("slow", s, "hogwild")] for s in seeds]
+        slow_share = [h.ranks[self.slow_rank]["steps"] / h.total_updates for h in hog]
+        loss_ratio = [h.final_loss / r[("slow", s, "sync")].final_loss for h, s in zip(hog, seeds)]
+        metrics = [_metric("slow_rank", self.slow_rank), _metric("delay_ms", self.delay_s * 1e3, "ms"),
+                   *(_metric(f"idle_per_delay_h{p}", float(np.mean(v)), "× injected delay", "C2a",
+                             {"period": p or "sync", "per_seed": v, "expected": expected[p]})
+                     for p, v in idle.items()),
+                   *(_metric(f"bound_ratio_{k}", float(np.mean(v)), "× P/t_slow", "C2c") for k, v in bound.items()),
+                   _metric("hogwild_slow_share", float(np.mean(slow_share)), "fraction of updates", "C2c"),
+                   _metric("hogwild_loss_ratio", float(np.mean(loss_ratio)), "× sync loss (same total updates)",
+                           "C2c", {"timing_dependent": True})]
+        table = (["regime (random delays)", "idle ÷ injected delay, per seed", "expected from the delays alone"],
+                 [("synchronous" if p == 0 else f"local H = {p}", ", ".join(f"{x:.2f}" for x in v),
+                   f"{expected[p]:.2f}") for p, v in idle.items()])
+        return {"idle": idle, "expected": expected, "ratio_local": [a / b for a, b in zip(idle[H], idle[0])],
+                "ratio_h1": [a / b for a, b in zip(idle[1], idle[0])], "bound": bound, "slow_share": slow_share,
+                "loss_ratio": loss_ratio, "metrics": metrics, "table": table}
+
+
+def sync_study(workers: int, *, seeds: Sequence[int], jitter_seeds: Sequence[int], sizes: Sequence[int],
+               period: int, n_steps: int, delay_s: float, jitter_steps: int = 128, jitter_prob: float = 0.25,
+               seed: int = 0, device: str = "cpu", timeout: float = 300.0) -> SyncStudy:
+    """All runs of the synchronization chapter in one launch of ``workers`` processes:
+
+    * replay checks at ``seed`` (sync, local H = 1, local H = ``period``; 60 steps);
+    * per seed of ``seeds``: synchronous SGD at each hidden width of ``sizes`` and workers
+      alone at the smallest and largest (60 steps), and local SGD against synchronous SGD for
+      ``n_steps`` on the learnable problem (:data:`SMALL`), identically distributed and split
+      shards;
+    * per seed of ``jitter_seeds``: a persistently slow worker (sync and Hogwild, 32 steps)
+      and random delays of ``delay_s`` with probability ``jitter_prob`` per step (sync, local
+      H = 1, ``period`` and ``jitter_steps``; ``jitter_steps`` steps)."""
+    positive_int("workers", workers, minimum=2)
+    positive_int("period", period)
+    positive_int("n_steps", n_steps)
+    positive_int("jitter_steps", jitter_steps)
+    positive("delay_s", delay_s)
+    probability("jitter_prob", jitter_prob)
+    if period > n_steps:
+        raise ValueError(f"period={period!r} is not allowed: expected at most n_steps={n_steps}")
+    sizes = sorted(sizes)
+    jobs = {}
+    check_training = Training(n_steps=60, batch_size=16, step_size=0.5, log_every=20)
+    check_problem = Problem(**SMALL, seed=seed)
+    for reg in (Regime("sync"), Regime("local", 1), Regime("local", period)):
+        jobs[("check", reg.name)] = Job(check_problem, check_training, reg, seed)
+    sweep = Training(n_steps=60, batch_size=32, step_size=0.05, log_every=60)
+    local = Training(n_steps=n_steps, batch_size=64, step_size=0.5, log_every=max(1, n_steps // 10))
+    jittered = Training(n_steps=jitter_steps, batch_size=32, step_size=0.5, log_every=jitter_steps)
+    slow = Training(n_steps=32, batch_size=32, step_size=0.5, log_every=32)
+    jitter = dict(jitter_prob=jitter_prob, jitter_delay=delay_s)
+    slowed = dict(straggler_rank=workers - 1, straggler_delay=delay_s)
+    for s in seeds:
+        for h in sizes:
+            pb = Problem(hidden=h, seed=s)
+            jobs[("sweep", s, h, "sync")] = Job(pb, sweep, Regime("sync"), s)
+            if h in (sizes[0], sizes[-1]):
+                jobs[("sweep", s, h, "alone")] = Job(pb, sweep, Regime("alone"), s)
+        for sharding, kinds in (("iid", ("sync", "local")), ("sorted", ("local", "alone"))):
+            pb = Problem(**SMALL, seed=s, sharding=sharding)
+            for reg in (Regime(k, period if k == "local" else 1) for k in kinds):
+                jobs[("local", s, sharding, reg.name)] = Job(pb, local, reg, s)
+    for s in jitter_seeds:
+        pb = Problem(**SMALL, seed=s)
+        for reg in (Regime("sync", **slowed), Regime("hogwild", **slowed)):
+            jobs[("slow", s, reg.kind)] = Job(pb, slow, reg, s)
+        for reg in (Regime("sync", **jitter), Regime("local", 1, **jitter),
+                    Regime("local", period, **jitter), Regime("local", jitter_steps, **jitter)):
+            jobs[("jitter", s, reg.period if reg.kind == "local" else 0)] = Job(pb, jittered, reg, s)
+    keys = list(jobs)
+    backend = resolve_backend("auto", device, workers)
+    runs = dict(zip(keys, run_jobs([jobs[k] for k in keys], workers, device=device, backend=backend,
+                                   timeout=timeout)))
+    return SyncStudy(runs, workers, list(seeds), list(jitter_seeds), sizes, period, jitter_steps,
+                     jitter_prob, delay_s, n_steps, backend, check_problem, check_training, seed)
+
+
+def plot_share(axes, study: SyncStudy, sweep: dict) -> None:
+    """Left: share of wall time in collectives against parameters (sync per seed, alone);
+    right: median all-reduce time against bytes with the fitted ``α + β s``."""
+    ax1, ax2 = axes
+    params, n = sweep["params"], len(study.seeds)
+    for h in study.sizes:
+        ax1.plot([params[h]] * n, sweep["share"][h], "o", color="C0",
+                 label="synchronous" if h == study.sizes[0] else None)
+    for h, v in sweep["alone"].items():
+        ax1.plot([params[h]] * n, v, "s", color="C2", label="alone" if h == study.sizes[0] else None)
+    ax1.set(xscale="log", xlabel="parameters", ylabel="share of wall time in collectives", ylim=(-0.02, 1))
+    ax1.legend()
+    nb = np.array([4 * params[h] for h in study.sizes], dtype=float)
+    ax2.plot(nb, [sweep["allreduce_s"][h] * 1e6 for h in study.sizes], "o", label="measured (median)")
+    grid = np.geomspace(nb[0], nb[-1], 50)
+    ax2.plot(grid, (sweep["alpha"] + sweep["beta"] * grid) * 1e6, "k--", label=r"$\alpha + \beta s$")
+    ax2.set(xscale="log", yscale="log", xlabel="bytes reduced", ylabel="µs per all-reduce")
+    ax2.legend()
+
+
+def plot_losses(ax, study: SyncStudy) -> None:
+    """Training loss against steps (first seed): sync, local SGD on iid and split shards,
+    workers alone on split shards; the noise floor dotted."""
+    s0, H = study.seeds[0], study.period
+    for key, label, style in [(("iid", "sync"), "synchronous", "-"),
+                              (("iid", f"local_h{H}"), f"local H = {H}", "--"),
+                              (("sorted", f"local_h{H}"), f"local H = {H}, split shards", "-."),
+                              (("sorted", "alone"), "alone, split shards", ":")]:
+        log = np.array(study.runs[("local", s0, *key)].log)
+        ax.plot(log[:, 0], log[:, 2], style, label=label)
+    ax.axhline(study.runs[("local", s0, "iid", "sync")].job.problem.noise_floor, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="SGD steps per worker", ylabel="training loss", yscale="log")
+    ax.legend()
+
+
+def plot_delays(axes, study: SyncStudy, delays: dict) -> None:
+    """Left: idle per unit of random delay against the period (dots per seed) and its
+    expectation from the delays alone; right: throughput ÷ the slowest-worker bound."""
+    ax1, ax2 = axes
+    T = study.jitter_steps
+    hs = np.unique(np.geomspace(1, T, 24).round().astype(int))
+    ax1.plot(hs, [expected_idle_per_delay(study.jitter_prob, study.workers, int(h), T) for h in hs],
+             "k-", lw=1, label="expected (delays alone)")
+    for p, v in delays["idle"].items():
+        ax1.plot([max(p, 1)] * len(v), v, "o", color="C0" if p == 0 else "C1",
+                 label=("synchronous" if p == 0 else "local SGD") if p in (0, study.period) else None)
+    ax1.set(xscale="log", xlabel="averaging period H", ylabel="idle ÷ injected delay")
+    ax1.legend()
+    for i, k in enumerate(("sync", "hogwild")):
+        ax2.plot([i] * len(delays["bound"][k]), delays["bound"][k], "o", color=f"C{i}")
+    ax2.axhline(1.0, color="k", ls="--", lw=0.8)
+    ax2.set_xticks([0, 1], ["synchronous", "Hogwild"])
+    ax2.set(ylabel="updates/s ÷ (P / t_slow)", xlim=(-0.5, 1.5))
 
 
 # ----------------------------------------------------------------------------- torchrun

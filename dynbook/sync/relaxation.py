@@ -13,8 +13,14 @@ process isolates the *algorithmic* effect of asynchrony from timing noise:
 
 The same nearest-neighbour lattice update is computed as a stencil (:func:`diffusion_step`,
 local: each site reads 4 neighbours) and as the dense matrix of the same linear operator
-(:func:`diffusion_matrix`, global: every site reads every site); :func:`kernel_costs`
-counts the FLOPs and compulsory bytes of these and of the GEMM and scan they are set beside.
+(:func:`diffusion_matrix`, global: every site reads every site);
+:func:`dynbook.measure.costs.kernel_costs` counts the FLOPs and compulsory bytes of these and
+of the GEMM and scan they are set beside (:func:`movement_kernels`).
+
+The synchronization chapter's simulated experiments are one call each, returning a dict with
+the quantities its claims and checks are decided on, the metrics it records and its tables:
+:func:`stability_study` (K5), :func:`linear_speedup` (C3a), :func:`lattice_timing` (C4a),
+:func:`relaxation_study` (C4b) and :func:`kernel_energy` (C5); ``plot_*`` draw its figures.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from dynbook._checks import positive, positive_int
+from dynbook.measure.timing import num_threads
 
 # ----------------------------------------------------------------------------- lattice
 
@@ -345,3 +355,283 @@ def measured_stability_limits(delays, grid, *, n_steps: int = 3000) -> torch.Ten
             good += 1
         limits.append(grid[good - 1] if good else math.nan)
     return torch.tensor(limits, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- the chapter's studies
+# Each returns a dict with what its claim or check is decided on, ``metrics`` (what the
+# chapter records: keyword arguments of :func:`dynbook.record`) and, where the chapter shows
+# one, ``table`` (header and rows for :func:`dynbook.show.table`).
+
+
+def _metric(name: str, value, unit: str = "", claim: str | None = None, labels: dict | None = None) -> dict:
+    """One entry of a study's ``metrics``: the keyword arguments of :func:`dynbook.record`
+    (also used by :mod:`dynbook.sync.regimes`)."""
+    return {"name": name, "value": value, "unit": unit, "claim": claim, "labels": labels}
+
+
+def stability_study(delays, grid, *, n_steps: int = 3000) -> dict:
+    """:func:`measured_stability_limits` beside :func:`delay_stability_limit`: ``measured``
+    and ``predicted`` (lists, one per delay), the grid's ``step_ratio``, and ``agree``: every
+    predicted limit lies in the measured limit's grid cell (1 % slack)."""
+    delays, grid = list(delays), [float(a) for a in grid]
+    measured = measured_stability_limits(delays, grid, n_steps=n_steps).tolist()
+    predicted = [delay_stability_limit(t) for t in delays]
+    ratio = grid[1] / grid[0]
+    return {"delays": delays, "measured": measured, "predicted": predicted, "step_ratio": ratio,
+            "agree": all(m / 1.01 <= p < m * ratio * 1.01 for m, p in zip(measured, predicted)),
+            "metrics": [_metric("stability_limit_tau0", measured[0], "ηλ"),
+                        _metric("stability_limit_tau_max", measured[-1], "ηλ"),
+                        _metric("tau_max", delays[-1], "steps")]}
+
+
+def linear_speedup(problem: StreamingRegression, iterations, workers, *, fixed_step: float = 1 / 16,
+                   n_groups: int = 8, seeds_per_group: int = 4, rel_tol: float = 0.1, seed: int = 0) -> dict:
+    """Lian et al.'s ``W ≲ √K``: for each ``K`` in ``iterations``, the workers that cost no
+    extra iterations (:func:`tolerated_workers_by_group`) at step size ``1/√K`` (row 0) and
+    at ``fixed_step`` (row 1). Returns ``w_max`` and ``final`` per K, and ``slopes``: the
+    log–log slope of W_max against K per group, ``{0: [...], 1: [...]}``."""
+    from dynbook.measure.fits import loglog_fit
+
+    iterations = [positive_int("iterations", k) for k in iterations]
+    positive("fixed_step", fixed_step)
+    w_max, final = {}, {}
+    with num_threads(1):
+        for k in iterations:
+            w_max[k], final[k] = tolerated_workers_by_group(
+                problem, k, workers, [1 / math.sqrt(k), fixed_step], n_groups=n_groups,
+                seeds_per_group=seeds_per_group, rel_tol=rel_tol, seed=seed)
+    slopes = {e: [loglog_fit(iterations, [float(w_max[k][e, g]) for k in iterations])[0] for g in range(n_groups)]
+              for e in (0, 1)}
+    unit = "d log W_max / d log K"
+    metrics = [_metric(f"w_max_K{k}", float(w_max[k][0].mean()), "workers", "C3a",
+                       {"K": k, "step_size": 1 / math.sqrt(k), "per_group": w_max[k][0].tolist()})
+               for k in iterations]
+    metrics += [_metric("lian_groups", n_groups, "groups of seeds"),
+                _metric("lian_slope", float(np.mean(slopes[0])), unit, "C3a"),
+                _metric("lian_slope_fixed", float(np.mean(slopes[1])), unit, "C3a"),
+                _metric("lian_K_max", iterations[-1], "iterations"),
+                _metric("w_max_at_K_max", float(w_max[iterations[-1]][0].mean()), "workers", "C3a")]
+    return {"iterations": iterations, "workers": list(workers), "fixed_step": fixed_step,
+            "w_max": w_max, "final": final, "slopes": slopes, "n_groups": n_groups, "metrics": metrics}
+
+
+def lattice_timing(sizes, *, alpha: float = 0.2, device: str = "cpu", repeats: int = 5,
+                   min_run_time: float = 0.02) -> dict:
+    """One diffusion step of an ``n × n`` lattice as a stencil and as the dense matrix, for
+    each ``n`` of ``sizes``, timed in ``repeats`` interleaved repeats on one thread.
+
+    Returns ``exact_error`` (float64 stencil vs matrix, a 7×13 batch of 5), ``same`` (float32
+    allclose at every size) and ``rows``: per size ``n``, ``times`` (seconds per update per
+    repeat, by kind), ``ratio`` (dense ÷ stencil, :func:`~dynbook.book.stats.timing_ratio`)
+    and each kind's FLOP/byte counts (:func:`~dynbook.measure.costs.kernel_costs`)."""
+    from dynbook.book.stats import timing_ratio
+    from dynbook.measure.costs import kernel_costs
+    from dynbook.measure.timing import interleaved_times
+
+    positive_int("repeats", repeats)
+    u64 = torch.randn(5, 7, 13, dtype=torch.float64)
+    exact = float((diffusion_step(u64, alpha)
+                   - diffusion_step_dense(u64, diffusion_matrix(7, 13, alpha, dtype=torch.float64))).abs().max())
+    rows, same = [], []
+    with num_threads(1):
+        for n in sizes:
+            u = torch.randn(n, n, device=device)
+            matrix = diffusion_matrix(n, n, alpha, device=device)
+            same.append(torch.allclose(diffusion_step(u, alpha), diffusion_step_dense(u, matrix), rtol=1e-5, atol=1e-5))
+            times = interleaved_times({"stencil": lambda: diffusion_step(u, alpha),
+                                       "dense_operator": lambda: diffusion_step_dense(u, matrix)},
+                                      device=device, min_run_time=min_run_time, repeats=repeats)
+            rows.append({"n": n, "times": times, "ratio": timing_ratio(times["dense_operator"], times["stencil"]),
+                         **{k: kernel_costs(k, sites=n * n, batch=1) for k in times}})
+    big, tiny = rows[-1], rows[0]
+    ratio_unit = "dense ÷ stencil"
+    metrics = [_metric(f"lattice_{k}_n{r['n']}_s", min(r["times"][k]), "s per update (least of repeats)", "C4a")
+               for r in rows for k in ("stencil", "dense_operator")]
+    metrics += [_metric("lattice_n_max", big["n"], "sites per side"),
+                _metric("lattice_n_min", tiny["n"], "sites per side"),
+                *(_metric(f"lattice_{w}_ratio", big["dense_operator"][w] / big["stencil"][w], ratio_unit, "C4a")
+                  for w in ("bytes", "flops")),
+                _metric("lattice_time_ratio", big["ratio"].value, ratio_unit, "C4a"),
+                _metric("lattice_time_ratio_n_min", tiny["ratio"].value, ratio_unit, "C4a")]
+    table = (["n", "kind", "FLOPs", "bytes", "µs per update (least)"],
+             [(r["n"], k, r[k]["flops"], r[k]["bytes"], f"{min(r['times'][k]) * 1e6:.3g}")
+              for r in rows for k in ("stencil", "dense_operator")])
+    return {"exact_error": exact, "same": all(same), "rows": rows, "repeats": repeats, "metrics": metrics,
+            "table": table}
+
+
+def relaxation_study(seeds, *, n: int = 16, mass2: float = 0.5, tol: float = 1e-10,
+                     max_delays=(3, 12), activation_prob: float = 0.5) -> dict:
+    """Synchronous Jacobi and chaotic relaxation (reads up to each of ``max_delays`` ticks
+    stale) on the screened Poisson equation with a random source per seed, ``n × n``.
+
+    Returns ``work`` (per max delay: site updates per site ÷ Jacobi sweeps, per seed),
+    ``sweeps`` (Jacobi, per seed), ``errors`` (max |u − u*| of every run against the FFT
+    solve), ``bound`` (the distance to the fixed point a residual below ``tol`` guarantees)
+    and ``curves`` (first seed: ``0`` → (sweeps, residuals), delay → (updates per site,
+    residuals))."""
+    positive_int("n", n)
+    q = 4 / (4 + positive("mass2", mass2))
+    out = {"work": {d: [] for d in max_delays}, "sweeps": [], "errors": [], "curves": {},
+           "bound": 2 * tol * q / (1 - q), "n": n}
+    with num_threads(1):
+        for s in seeds:
+            f = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+            u_star = solve_screened_poisson(f, mass2)
+            u, sweeps, res = jacobi(f, mass2, tol=tol)
+            out["errors"].append(float((u - u_star).abs().max()))
+            out["sweeps"].append(sweeps)
+            for d in max_delays:
+                v, _, updates, res_async = chaotic_relaxation(f, mass2, activation_prob=activation_prob,
+                                                              max_delay=d, seed=s, tol=tol)
+                out["errors"].append(float((v - u_star).abs().max()))
+                out["work"][d].append(updates / f.numel() / sweeps)
+                if s == seeds[0]:
+                    out["curves"][d] = (updates / f.numel(), res_async)
+            if s == seeds[0]:
+                out["curves"][0] = (sweeps, res)
+    first, *rest = max_delays
+    work = out["work"]
+    out["metrics"] = [_metric("relax_max_delay", first, "ticks"),
+                      _metric("jacobi_sweeps", out["sweeps"][0], "sweeps", "C4b"),
+                      _metric("async_work_ratio", float(np.mean(work[first])), "× Jacobi", "C4b",
+                              {"per_seed": work[first]}),
+                      *(_metric(f"async_work_ratio_stale{d}", float(np.mean(work[d])), "× Jacobi", "C4b")
+                        for d in rest)]
+    return out
+
+
+def movement_kernels(gemm_n: int, stencil_n: int, scan_shape, *, device: str = "cpu",
+                     alpha: float = 0.2) -> dict:
+    """Kernels of different arithmetic intensity, ``{key: (label, call, costs)}``: a GEMM
+    ``(b, n) @ (n, n)`` at batch 1, n/2 and n, the lattice stencil on ``stencil_n²`` sites,
+    and a prefix sum over ``scan_shape = (batch, length, channels)`` along ``length``."""
+    from dynbook.measure.costs import kernel_costs
+
+    g = positive_int("gemm_n", gemm_n, minimum=2)
+    w = torch.randn(g, g, device=device)
+    xs = {b: torch.randn(b, g, device=device) for b in (1, g // 2, g)}
+    field_ = torch.randn(stencil_n, stencil_n, device=device)
+    seq = torch.randn(*scan_shape, device=device)
+    b, length, channels = scan_shape
+    gemm = {f"gemm_{k}": (f"GEMM batch {m}", (lambda x=xs[m]: x @ w), kernel_costs("gemm", n=g, k=g, batch=m))
+            for k, m in (("small", 1), ("half", g // 2), ("large", g))}
+    return {**gemm,
+            "stencil": ("stencil", lambda: diffusion_step(field_, alpha),
+                        kernel_costs("stencil", sites=stencil_n ** 2, batch=1)),
+            "scan": ("scan (prefix sum)", lambda: torch.cumsum(seq, dim=1),
+                     kernel_costs("scan", batch=b, length=length, channels=channels))}
+
+
+def kernel_energy(kernels: dict, meter=None, *, device: str = "cpu", min_seconds: float = 0.05,
+                  readings: int = 3) -> dict:
+    """Time and (where ``meter`` can read a counter) net energy per FLOP of each kernel of
+    :func:`movement_kernels`, interleaved by :func:`dynbook.measure.metered.metered`, beside
+    the Horowitz model of its FLOPs and compulsory bytes. Returns ``rows``, ``{key: row}`` with
+    ``name``, ``flops``, ``bytes``, ``gflops``, ``model`` (an
+    :class:`~dynbook.measure.energy.EnergyModel`) and ``measured_pj`` (pJ/FLOP per reading,
+    or ``None``)."""
+    from dynbook.measure.energy import EnergyModel
+    from dynbook.measure.metered import metered
+
+    readout = metered({k: v[1] for k, v in kernels.items()}, units={k: v[2]["flops"] for k, v in kernels.items()},
+                      meter=meter, device=device, readings=readings, min_seconds=min_seconds)
+    rows = {k: dict(cost, name=name, gflops=1e-9 / min(readout[k].seconds), measured_pj=readout[k].picojoules,
+                    model=EnergyModel(flops=cost["flops"], dram_bytes=cost["bytes"]))
+            for k, (name, _, cost) in kernels.items()}
+    metrics = []
+    for k, r in rows.items():
+        pj = r["measured_pj"]
+        metrics += [_metric(f"energy_{k}_model_pj_per_flop", r["model"].pj_per_flop, "pJ/FLOP (model)", "C5"),
+                    _metric(f"energy_{k}_movement_share", r["model"].movement_share, "fraction (model)", "C5"),
+                    _metric(f"energy_{k}_measured_pj_per_flop", float(np.mean(pj)) if pj else None,
+                            "pJ/FLOP (measured, net)", "C5"),
+                    _metric(f"energy_{k}_gflops", r["gflops"], "GFLOP/s", "C5")]
+    table = (["kernel", "FLOPs", "bytes", "FLOP/byte", "GFLOP/s", "model pJ/FLOP", "model movement share",
+              "measured pJ/FLOP"],
+             [(r["name"], float(r["flops"]), float(r["bytes"]), r["flops"] / r["bytes"], r["gflops"],
+               r["model"].pj_per_flop, f"{r['model'].movement_share:.0%}",
+               f"{np.mean(r['measured_pj']):.3g}" if r["measured_pj"] else "unavailable")
+              for r in rows.values()])
+    return {"rows": rows, "metrics": metrics, "table": table}
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_staleness(axes, stability: dict, etas, taus, final) -> None:
+    """Left: measured and predicted stability limits against τ; right: final excess risk of
+    delayed SGD against τ, one line per step size (``final``: (len(etas), len(taus)))."""
+    ax1, ax2 = axes
+    ax1.plot(stability["delays"], stability["predicted"], "-", label=r"$2\sin(\pi / (2(2\tau+1)))$")
+    ax1.plot(stability["delays"], stability["measured"], "o", label="measured")
+    ax1.axhline(2.0, color="k", lw=0.8, ls=":")
+    ax1.set(xlabel=r"staleness $\tau$", ylabel=r"largest stable $\eta\lambda$", yscale="log")
+    ax1.legend()
+    for eta, row in zip(etas, final):
+        ax2.plot([max(t, 0.5) for t in taus], row, "o-", label=fr"$\eta$ = {eta}")
+    ax2.set(xlabel=r"staleness $\tau$ (0 drawn at 0.5)", ylabel="final excess risk", xscale="log", yscale="log")
+    ax2.legend()
+
+
+def plot_speedup(axes, study: dict) -> None:
+    """Left: excess risk after K iterations against W (step 1/√K, first group); right:
+    W_max against K for both step sizes (mean over groups, bars min–max) and √K."""
+    ax1, ax2 = axes
+    ks = study["iterations"]
+    for k in ks:
+        ax1.plot(study["workers"], study["final"][k][0, 0], "o-", ms=3, label=f"K = {k}")
+    ax1.set(xlabel="workers W", ylabel="final excess risk", xscale="log", yscale="log")
+    ax1.legend()
+    for e, label in ((0, r"$\eta = 1/\sqrt{K}$"), (1, fr"$\eta$ = {study['fixed_step']}")):
+        w = np.array([study["w_max"][k][e].numpy() for k in ks])
+        ax2.errorbar(ks, w.mean(1), yerr=[w.mean(1) - w.min(1), w.max(1) - w.mean(1)], fmt="o-", capsize=3,
+                     label=f"{label} (slope {np.mean(study['slopes'][e]):.2f})")
+    ax2.plot(ks, np.sqrt(np.array(ks, dtype=float)), "k--", label=r"$\sqrt{K}$")
+    ax2.set(xlabel="iterations K", ylabel="workers", xscale="log", yscale="log")
+    ax2.legend()
+
+
+def plot_lattice(axes, lattice: dict) -> None:
+    """Left: time per update (every repeat) against sites for both forms; right: their
+    compulsory bytes."""
+    ax1, ax2 = axes
+    rows = lattice["rows"]
+    for i, (kind, label) in enumerate((("stencil", "stencil (local)"), ("dense_operator", "dense matrix (global)"))):
+        for r in rows:
+            ax1.plot([r["n"] ** 2] * len(r["times"][kind]), [t * 1e6 for t in r["times"][kind]], "o", color=f"C{i}",
+                     label=label if r is rows[0] else None)
+        ax2.loglog([r["n"] ** 2 for r in rows], [r[kind]["bytes"] for r in rows], "o-", color=f"C{i}", label=label)
+    ax1.set(xscale="log", yscale="log", xlabel="lattice sites N", ylabel="µs per update")
+    ax2.set(xlabel="lattice sites N", ylabel="compulsory bytes per update")
+    ax1.legend()
+
+
+def plot_relaxation(ax, study: dict) -> None:
+    """Residual against site updates per site, Jacobi and each chaotic relaxation (first seed)."""
+    sweeps, res = study["curves"][0]
+    ax.semilogy(range(1, len(res) + 1), res, label="synchronous Jacobi")
+    for d in study["work"]:
+        work, r = study["curves"][d]
+        ax.semilogy([work * i / max(len(r) - 1, 1) for i in range(len(r))], r,
+                    label=f"chaotic, reads ≤ {d} ticks stale")
+    ax.set(xlabel="site updates per site", ylabel="residual")
+    ax.legend()
+
+
+def plot_energy(ax, energy: dict) -> None:
+    """Modelled pJ/FLOP split into arithmetic and movement per kernel (log scale), and the
+    measured net pJ/FLOP as black dots where a counter exists (``energy``: :func:`kernel_energy`)."""
+    rows = energy["rows"]
+    names = list(rows)
+    xs = np.arange(len(names))
+    ax.bar(xs - 0.2, [rows[k]["model"].arithmetic_pj / rows[k]["flops"] for k in names], 0.4, color="C0",
+           label="arithmetic (model)")
+    ax.bar(xs + 0.2, [(rows[k]["model"].dram_pj + rows[k]["model"].sram_pj) / rows[k]["flops"] for k in names], 0.4,
+           color="C3", label="data movement (model)")
+    pts = [(i, np.mean(rows[k]["measured_pj"])) for i, k in enumerate(names) if rows[k]["measured_pj"]]
+    if pts:
+        ax.plot(*zip(*pts), "ko", label="measured total (net)")
+    ax.set_xticks(xs, [rows[k]["name"] for k in names], rotation=15)
+    ax.set(ylabel="pJ per FLOP", yscale="log")
+    ax.legend()
