@@ -29,7 +29,6 @@ timed (interpreter timings mean nothing), and there is no CUDA graph.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -38,8 +37,8 @@ import torch
 
 import _cli  # benchmarks/_cli.py: the shared command line and output
 from dynbook.book import environment
-from dynbook.kernels.rk4 import (ROWS_CHOICES, pick_config, rk4_mlp, rk4_mlp_flops,
-                                     rk4_mlp_reference)
+from dynbook.kernels.rk4 import (ROWS_CHOICES, float64_error, pick_config, rk4_mlp,
+                                 rk4_mlp_flops, rk4_mlp_inputs)
 from dynbook.measure.timing import time_it
 from dynbook.models.neural_ode import rk4_runners
 
@@ -142,16 +141,13 @@ def extra_runners(y0, w1, b1, w2, b2, *, n_steps, t1=1.0) -> dict:
 
 
 def problem(batch, d, h, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ts = (torch.randn(batch, d, generator=g), torch.randn(d, h, generator=g) / math.sqrt(d),
-          0.1 * torch.randn(h, generator=g), torch.randn(h, d, generator=g) / math.sqrt(h),
-          0.1 * torch.randn(d, generator=g))
-    return [t.to(device) for t in ts]
+    """The chapter's and the tests' problem builder (``dynbook.kernels.rk4.rk4_mlp_inputs``)."""
+    return rk4_mlp_inputs(batch, d, h, seed=seed, device=device)
 
 
 def rel_err(out, args, n_steps):
-    ref = rk4_mlp_reference(*[a.double() for a in args], n_steps=n_steps)
-    return float((out.double() - ref).abs().max() / ref.abs().max())
+    """Relative max error against classical RK4 in float64 (``rk4.float64_error``)."""
+    return float64_error(out, args, n_steps=n_steps)
 
 
 def timed(fn, device, min_run_time):

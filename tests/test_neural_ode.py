@@ -7,17 +7,12 @@ import torch
 
 from dynbook.models import neural_ode as node
 from dynbook.measure.energy import EnergyMeter
-from dynbook.kernels.rk4 import rk4_mlp_reference
+from dynbook.kernels.rk4 import rk4_mlp_inputs, rk4_mlp_reference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a
-    loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a
+# loaded machine); conftest's fixture runs the module on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def field(d=3, h=7, seed=0, dtype=torch.float64):
@@ -105,19 +100,19 @@ def test_training_memory_is_the_peak_over_forward_and_backward():
     torch.manual_seed(0)
     x, y = node.two_spirals(32, generator=torch.Generator().manual_seed(0))
     model = node.ODENet(3, 6)
-    out = node.memory_vs_steps(model, x, y, [1, 2, 8, 32], device="cpu")
+    out = node.memory_vs_steps(model, x, y, [1, 2, 4, 16], device="cpu")
     bp, adj = out["backprop_bytes"], out["adjoint_bytes"]
-    assert (bp[3] - bp[2]) / (bp[2] - bp[1]) == pytest.approx((32 - 8) / (8 - 2), rel=0.1)  # linear
+    assert (bp[3] - bp[2]) / (bp[2] - bp[1]) == pytest.approx((16 - 4) / (4 - 2), rel=0.1)  # linear
     assert max(adj[1:]) / min(adj[1:]) < 1.02  # flat from two steps on
     assert adj[-1] < 0.2 * bp[-1]
     assert min(adj[1:]) >= bp[0]  # at least one backpropagated step's worth
-    model.solve.update(solver="rk4", n_steps=8, adjoint=True)
+    model.solve.update(solver="rk4", n_steps=4, adjoint=True)
     with SavedTensorBytes() as saved:
         nn_loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
     nn_loss.backward()
     assert adj[2] > 4 * saved.bytes  # what a forward-only measure misses
     assert out["grad_rel_err"][-1] < 1e-4
-    assert out["adjoint_nfe"] == [2 * n for n in out["backprop_nfe"]] == [8, 16, 64, 256]
+    assert out["adjoint_nfe"] == [2 * n for n in out["backprop_nfe"]] == [8, 16, 32, 128]
 
 
 def test_memory_vs_steps_restores_the_solver():
@@ -144,13 +139,13 @@ def test_adaptive_solver_meets_its_tolerance():
 def test_solver_sweep_orders():
     f = field()
     z0 = torch.randn(8, 3, dtype=torch.float64)
-    ref = rk4_mlp_reference(z0, *f.weights(), n_steps=4000)
-    rows = node.solver_sweep(f, z0, t1=1.0, fixed_steps=[16, 32, 64], tolerances=[1e-3, 1e-6],
+    ref = rk4_mlp_reference(z0, *f.weights(), n_steps=2000)
+    rows = node.solver_sweep(f, z0, t1=1.0, fixed_steps=[8, 16, 32], tolerances=[1e-3, 1e-6],
                              reference=ref, adaptive=("bosh3",))
     for m, p in node.ORDER.items():
         e = [r["error"] for r in rows if r["method"] == m]
         assert abs(math.log2(e[-2] / e[-1]) - p) < 0.3 * p, (m, e)
-    assert [r["nfe"] for r in rows if r["method"] == "rk4"] == [64, 128, 256]
+    assert [r["nfe"] for r in rows if r["method"] == "rk4"] == [32, 64, 128]
     assert {r["kind"] for r in rows if r["method"] == "bosh3"} == {"adaptive"}
 
 
@@ -192,21 +187,19 @@ def test_validation_selection_keeps_the_best_checkpoint():
 
 
 def test_frozen_field_keeps_adaptive_nfe_constant():
-    """The control of the NFE-growth claim: with the field frozen only the read-out learns,
-    and the adaptive solver's evaluations cannot change; trained, they do."""
+    """The control of the NFE-growth claim (:func:`adaptive_nfe_study`): with the field frozen
+    only the read-out learns, and the adaptive solver's evaluations cannot change; trained,
+    they do."""
     x, y = node.two_spirals(64, generator=torch.Generator().manual_seed(0))
-    growth = {}
-    for frozen in (True, False):
-        torch.manual_seed(2)
-        model = node.ODENet(3, 8, solver="dopri5", n_steps=None, rtol=1e-3, atol=1e-3)
-        model.field.requires_grad_(not frozen)
-        before = [p.detach().clone() for p in model.field.parameters()]
-        hist = node.train(model, x, y, iterations=60, lr=5e-2)
-        growth[frozen] = node.nfe_growth(hist.nfe)
-        same = all(torch.equal(a, b) for a, b in zip(before, model.field.parameters()))
-        assert same == frozen
-    assert growth[True] == 1.0
-    assert growth[False] > 1.0
+    torch.manual_seed(2)
+    initial = node.ODENet(3, 8, solver="dopri5", n_steps=None, rtol=1e-3, atol=1e-3)
+    runs = node.adaptive_nfe_study(3, 8, x, y, [2], iterations=60, lr=5e-2, tol=1e-3)
+    assert set(runs) == {"trained", "frozen"} and len(runs["frozen"][0]["nfe"]) == 60
+    for case, same in (("frozen", True), ("trained", False)):
+        fields = zip(initial.field.parameters(), runs[case][0]["model"].field.parameters())
+        assert all(torch.equal(a, b) for a, b in fields) == same  # both start from seed 2
+    assert runs["frozen"][0]["growth"] == 1.0
+    assert runs["trained"][0]["growth"] > 1.0
 
 
 def test_nfe_growth():
@@ -216,33 +209,15 @@ def test_nfe_growth():
         node.nfe_growth([])
 
 
-def test_interleaved_seconds():
-    calls = []
-    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    out = node.interleaved_seconds(fns, device="cpu", repeats=3, min_run_time=0.001)
-    assert set(out) == {"a", "b"} and all(len(v) == 3 and min(v) > 0 for v in out.values())
-    with pytest.raises(ValueError, match="repeats=1"):
-        node.interleaved_seconds(fns, device="cpu", repeats=1)
-
-
-def test_energy_per_sample_without_counter(tmp_path):
-    meter = EnergyMeter("cpu", powercap_root=tmp_path)  # an empty folder: no RAPL
-    out = node.energy_per_sample({"m": node.ResNet(3, 4, depth=2)}, torch.randn(16, 2), device="cpu",
-                                 meter=meter)
-    assert not out["available"] and "RAPL" in out["reason"] and out["net"] == {"m": []}
-
-
 class FakeMeter:
     """A counter that reads ``watts`` while a region runs and ``idle_watts`` at rest."""
 
     available = True
     source = "fake"
+    reason = ""
 
     def __init__(self, watts, idle_watts):
-        self.watts, self.idle, self.idle_watts = watts, idle_watts, None
-
-    def measure_idle(self):
-        self.idle_watts = self.idle
+        self.watts, self.idle_watts = watts, idle_watts
 
     def __enter__(self):
         import time as _time
@@ -259,17 +234,41 @@ class FakeMeter:
         return False
 
 
+def test_per_sample_cost_without_counter(tmp_path):
+    meter = EnergyMeter("cpu", powercap_root=tmp_path)  # an empty folder: no RAPL
+    x = torch.randn(16, 2)
+    out = node.per_sample_cost({"m": node.ResNet(3, 4, depth=2)}, x, device="cpu", meter=meter,
+                               readings=2, min_seconds=0.005)
+    assert out["m"].picojoules is None and "RAPL" in out["m"].reason
+    assert len(out["m"].seconds) == 2 and min(out["m"].seconds) > 0
+    assert out["m"].units_per_call == 16  # seconds are per sample
+    assert node.net_fraction(out) is None
+    frac, status = node.energy_status(out, meter)
+    assert frac is None and "RAPL" in status
+
+
 @pytest.mark.parametrize("watts, idle, fraction", [(10.0, 2.0, 0.8), (10.0, 9.0, 0.1)])
-def test_energy_per_sample_net_and_gross(watts, idle, fraction):
+def test_energy_comparison_net_fraction_decides_usability(watts, idle, fraction):
+    """Energy ratios are given only when net energy is at least a quarter of gross."""
     x = torch.randn(32, 2)
-    models = {"a": node.ResNet(3, 4, depth=2), "b": node.ResNet(3, 4, depth=4)}
-    out = node.energy_per_sample(models, x, device="cpu", meter=FakeMeter(watts, idle), repeats=2,
-                                 min_seconds=0.02)
-    assert out["available"] and out["net_fraction"] == pytest.approx(fraction)
-    for name in models:
-        assert len(out["net"][name]) == 2
-        for net, gross in zip(out["net"][name], out["gross"][name]):
-            assert net == pytest.approx(fraction * gross)
+    out = node.energy_comparison(node.ODENet(3, 4, n_steps=2), node.ResNet(3, 4, depth=2), x,
+                                 control_steps=8, device="cpu", meter=FakeMeter(watts, idle),
+                                 readings=2, min_seconds=0.01)
+    assert out.net_fraction == pytest.approx(fraction)
+    assert out.status == "fake, idle %.3g W subtracted" % idle
+    assert out.time_ratio.value > 0
+    if fraction >= 0.25:
+        assert out.reason == "" and out.energy_ratio is not None and out.energy_control is not None
+        # the control takes four times the steps: it costs more per sample than the model
+        assert out.energy_control.value > out.energy_ratio.value
+    else:
+        assert out.energy_ratio is None and "10% of gross" in out.reason
+
+
+def test_energy_comparison_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="min_net_fraction=1.5"):
+        node.energy_comparison(node.ODENet(3, 4), None, torch.zeros(1, 2), control_steps=2,
+                               device="cpu", meter=None, min_net_fraction=1.5)
 
 
 def test_rk4_runners_on_cpu_agree():
@@ -294,3 +293,115 @@ def test_errors_name_the_parameter():
         node.integrate(f, z0, solver="rk4_mlp", n_steps=2, adjoint=True)
     with pytest.raises(ValueError, match="d=1"):
         node.augment(torch.zeros(2, 2), 1)
+
+
+# ----------------------------------------------------------------------------- registries
+
+
+def test_solver_registry_is_name_to_callable():
+    assert set(node.SOLVERS) == set(node.FIXED) | set(node.ADAPTIVE)
+    assert all(callable(s) for s in node.SOLVERS.values())
+    assert set(node.ORDER) == set(node.FIXED)
+    f = field()
+    z0 = torch.randn(3, 3, dtype=torch.float64)
+    with torch.no_grad():  # every registered solver integrates and counts its evaluations
+        for name in node.SOLVERS:
+            f.nfe = 0
+            kw = {"n_steps": 2} if name in node.FIXED else {"rtol": 1e-3, "atol": 1e-3}
+            z = node.integrate(f, z0, solver=name, impl="torch", **kw)
+            assert z.shape == z0.shape and z.dtype == torch.float64 and torch.isfinite(z).all()
+            assert f.nfe == (2 * node.FIXED[name] if name in node.FIXED else f.nfe) and f.nfe > 0
+
+
+def test_model_registry():
+    assert set(node.MODELS) == set(node.FAMILIES) == {"ode", "resnet", "tied_resnet"}
+    assert isinstance(node.MODELS["ode"](4, 8, 3), node.ODENet)
+    assert len(node.MODELS["resnet"](4, 2, 3).blocks) == 3
+    with pytest.raises(ValueError, match="depth=0"):
+        node.MODELS["resnet"](4, 2, 0)
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def test_spirals_split_is_the_chapter_draw_order():
+    data = node.spirals(16, seed=5)
+    g = torch.Generator().manual_seed(5)
+    expected = [t for n in (16, 16, 64) for t in node.two_spirals(n, generator=g)]
+    got = [data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    with pytest.raises(ValueError, match="n_train=0"):
+        node.spirals(0, seed=0)
+
+
+def test_capacity_study_and_paired_difference():
+    data = node.spirals(32, seed=0)
+    specs = [("ode", 4, 2), ("resnet", 2, 2)]
+    runs = node.capacity_study(specs, data, [0, 1], d=3, iterations=4)
+    assert list(runs) == specs and all(len(rs) == 2 for rs in runs.values())
+    ode, res = runs.values()
+    assert [r.params for r in ode] == [node.field_parameters(3, 4) + 4] * 2
+    assert [r.nfe for r in res] == [2, 2] and all(0 <= r.test <= 1 for r in ode + res)
+    diff = node.paired_difference(ode, res)
+    assert diff.value == pytest.approx(sum(a.test - b.test for a, b in zip(ode, res)) / 2)
+    assert diff.n == 2
+    with pytest.raises(ValueError, match="one per seed"):
+        node.paired_difference(ode, res[:1])
+    rows = node.capacity_rows(runs)
+    assert rows[0][:5] == ["ode", 4, 2, ode[0].params, 8] and rows[0][6] <= rows[0][5] <= rows[0][7]
+
+
+def test_work_precision_orders_and_references():
+    f = field(d=3, h=5, seed=1).float()
+    z0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(2))
+    wp = node.work_precision(f, z0, max_steps=64, min_tol=1e-6)
+    assert wp.reference_error < 1e-9
+    for m, p in node.ORDER.items():
+        assert abs(wp.orders[m] - p) <= 0.35 * p, (m, wp.orders)
+    for re, rn in wp.rank.values():
+        assert re >= 0.8 and rn <= -0.8
+    methods = wp.by_method()
+    assert [r["setting"] for r in methods["euler"]] == [4, 8, 16, 32, 64]
+    assert [r["setting"] for r in methods["dopri5"]] == [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+    assert methods["euler"][0]["tag"] == "euler_4" and methods["bosh3"][-1]["tag"] == "bosh3_tol6"
+    assert wp.cheapest["rk4_mlp"] is not None and wp.cheapest["euler"] is None  # 1e-4 unreachable
+    assert f.w1.dtype == torch.float32  # the study works on a float64 copy
+    names = [r["name"] for r in node.solver_records(wp)]
+    assert "solver_err_euler_4" in names and "order_rk4" in names and "nfe_to_target_dopri5" in names
+    with pytest.raises(ValueError, match="max_steps=2"):
+        node.work_precision(f, z0, max_steps=2, min_tol=1e-6)
+
+
+def test_tableau_order_and_timings_on_cpu():
+    args = rk4_mlp_inputs(16, 2, 8, seed=0)
+    tab = node.tableau_order(args, steps=(4, 8))
+    assert 3.3 <= tab["order"] <= 5.0 and tab["differences"][0] > tab["differences"][1] > 0
+    with pytest.raises(ValueError, match="steps="):
+        node.tableau_order(args, steps=(4, 6))
+    timings = node.rk4_timings(args, n_steps=4, device="cpu", readings=2, min_seconds=0.002)
+    assert set(timings) == {"torchdiffeq", "torch_loop"}
+    recs = node.timing_records(timings, batch=16, d=2, h=8, n_steps=4, device="cpu")
+    assert {r["name"] for r in recs} == {"rk4_seconds_torchdiffeq", "rk4_seconds_torch_loop",
+                                         "rk4_gflops_torchdiffeq", "rk4_gflops_torch_loop"}
+
+
+def test_memory_records_and_plots():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = node.two_spirals(8, generator=torch.Generator().manual_seed(0))
+    mem = node.memory_vs_steps(node.ODENet(3, 4), x, y, [2, 4, 8], device="cpu")
+    assert mem["backprop_slope"] > 0.5 and abs(mem["adjoint_slope"]) < 0.1
+    recs = {r["name"]: r for r in node.memory_records(mem, measure="TensorBytesPeak")}
+    assert recs["memory_max_steps"]["value"] == 8 and recs["memory_max_steps"]["claim"] is None
+    assert recs["backprop_bytes_2"]["claim"] == "C1" and recs["backprop_bytes_2"]["unit"] == "bytes"
+    assert recs["adjoint_memory_ratio"]["value"] == mem["adjoint_bytes"][-1] / mem["backprop_bytes"][-1]
+    fig, axes = plt.subplots(1, 2)
+    node.plot_memory(axes[0], mem, measure="TensorBytesPeak")
+    timings = node.rk4_timings(rk4_mlp_inputs(4, 2, 4), n_steps=2, device="cpu", readings=2,
+                               min_seconds=0.002)
+    node.plot_timings(axes[1], timings)
+    assert len(axes[0].lines) == 2 and len(axes[1].lines) == 2
+    plt.close(fig)

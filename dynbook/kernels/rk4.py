@@ -14,6 +14,12 @@ Three things live here, as in every kernel module of the book:
   whole solve; the backward kernel is the exact discrete adjoint of the same RK4 steps;
 * :func:`rk4_mlp` — the public function, ``impl="auto" | "triton" | "torch"``.
 
+Beside them, what the chapter, the tests and the benchmark share: :func:`rk4_mlp_inputs` (one
+random, well-scaled problem), :func:`float64_error`, :func:`kernel_vs_float64` and
+:func:`check_kernel` (the one kernel-vs-float64 comparison, forward and gradients), and
+:func:`compiled_launches` (what the compiler reported for a problem's launches, from the
+stored static table).
+
 Supported by the Triton path: ``1 <= d <= 16``, ``1 <= h <= 256``, float32 tensors. Outside
 that range ``impl="auto"`` falls back to the reference and ``impl="triton"`` raises
 ``ValueError`` naming the parameter. On a CPU tensor ``impl="triton"`` runs Triton's
@@ -480,3 +486,118 @@ def static_launches(config: dict) -> list:
     out.append(Launch("_rk4_mlp_bwd_kernel", "rk4", dict(bcc), bwd_sig, dict(bcc), bcfg["num_warps"], elements=1,
                       meta={"per": "step", "forward_config": dict(config)}))
     return out
+
+
+# ----------------------------------------------------------------------------- shared checks
+# One problem builder and one kernel-vs-float64 comparison for the chapter, the tests and
+# the benchmark (each used to build its own).
+
+_WEIGHT_NAMES = ("y0", "w1", "b1", "w2", "b2")
+
+
+def rk4_mlp_inputs(batch: int, d: int, h: int, *, generator: torch.Generator | None = None,
+                   seed: int = 0, bias: float = 0.1, dtype=torch.float32, device="cpu") -> list:
+    """A random, well-scaled problem ``[y0, w1, b1, w2, b2]`` for :func:`rk4_mlp`.
+
+    ``y0 ~ N(0, 1) (batch, d)``, ``w1 ~ N(0, 1/d) (d, h)``, ``b1 ~ N(0, bias²) (h,)``,
+    ``w2 ~ N(0, 1/h) (h, d)``, ``b2 ~ N(0, bias²) (d,)``, drawn in that order on the CPU from
+    ``generator`` (or a fresh one seeded with ``seed``): |f| = O(1), so the flow neither
+    explodes nor stalls over unit time."""
+    from dynbook import _checks
+
+    _checks.positive_int("batch", batch, minimum=0)
+    _checks.positive_int("d", d)
+    _checks.positive_int("h", h)
+    _checks.positive("bias", bias, allow_zero=True)
+    g = torch.Generator().manual_seed(seed) if generator is None else generator
+    ts = (torch.randn(batch, d, generator=g), torch.randn(d, h, generator=g) / math.sqrt(d),
+          bias * torch.randn(h, generator=g), torch.randn(h, d, generator=g) / math.sqrt(h),
+          bias * torch.randn(d, generator=g))
+    return [t.to(device=device, dtype=dtype) for t in ts]
+
+
+def float64_error(result, args, *, n_steps: int, t1: float = 1.0) -> float:
+    """Largest |result − y(t1)| ÷ largest |y(t1)|, ``y(t1)`` from :func:`rk4_mlp_reference` on
+    ``args`` promoted to float64: how far any solver's output is from exact classical RK4."""
+    from dynbook.measure.fits import relative_error
+
+    with torch.no_grad():
+        ref = rk4_mlp_reference(*[a.detach().double() for a in args], t1=t1, n_steps=n_steps)
+    return relative_error(result, ref)
+
+
+def kernel_vs_float64(args, *, n_steps: int, t1: float = 1.0, impl: str = "triton",
+                      config: dict | None = None, gradients: bool = True, gout=None) -> dict:
+    """:func:`rk4_mlp` on ``args`` against the float64 reference, forward and (with
+    ``gradients``) backward for the output cotangent ``gout`` (default: standard normal,
+    seeded), each as a relative max error.
+
+    Returns ``{"y": error of y(t1), "grads": {name: error} for y0, w1, b1, w2, b2,
+    "grad": the largest of them (0.0 without gradients)}``."""
+    from dynbook.measure.fits import relative_error
+
+    leaves = [a.detach().clone().requires_grad_(gradients) for a in args]
+    out = rk4_mlp(*leaves, t1=t1, n_steps=n_steps, impl=impl, config=config)
+    result = {"y": float64_error(out, args, n_steps=n_steps, t1=t1), "grads": {}, "grad": 0.0}
+    if not gradients:
+        return result
+    if gout is None:
+        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    grads = torch.autograd.grad(out, leaves, gout)
+    leaves64 = [a.detach().double().requires_grad_() for a in args]
+    ref = rk4_mlp_reference(*leaves64, t1=t1, n_steps=n_steps)
+    grads64 = torch.autograd.grad(ref, leaves64, gout.double())
+    result["grads"] = {n: relative_error(a, b) for n, a, b in zip(_WEIGHT_NAMES, grads, grads64)}
+    result["grad"] = max(result["grads"].values())
+    return result
+
+
+def check_cases(batch: int, n_steps: int, device) -> list[tuple]:
+    """The ``(batch, n_steps, config)`` cases :func:`check_kernel` runs by default: on a GPU
+    the problem itself at :func:`pick_config`'s choice and at every rows-per-program choice
+    with ``batch + rows − 1`` rows (the last program masked); elsewhere Triton's interpreter
+    runs the kernel program by program in NumPy, so three small cases of 3 steps, with rows
+    1, 4 and 16 and a batch that is not a multiple of them."""
+    if torch.device(device).type == "cuda":
+        return [(batch, n_steps, None)] + [(batch + r - 1, n_steps, {"rows": r}) for r in ROWS_CHOICES]
+    return [(5 + r, 3, {"rows": r}) for r in (1, 4, 16)]
+
+
+def check_kernel(*, d: int, h: int, batch: int = 1024, n_steps: int = 100, cases=None,
+                 seed: int = 0, device="cpu", impl: str = "triton") -> dict:
+    """:func:`kernel_vs_float64` on each of ``cases`` — ``(batch, n_steps, config)`` triples,
+    config ``None`` for :func:`pick_config`'s; default :func:`check_cases` for ``batch`` and
+    ``n_steps`` on ``device`` — with a fresh problem per case (:func:`rk4_mlp_inputs`, seeds
+    ``seed``, ``seed + 1``, …). Returns the worst forward and gradient errors and what ran:
+    ``{"y", "grad", "cases", "where"}``."""
+    cases = check_cases(batch, n_steps, device) if cases is None else list(cases)
+    worst = {"y": 0.0, "grad": 0.0, "cases": 0,
+             "where": "GPU" if torch.device(device).type == "cuda" else "Triton interpreter"}
+    for i, (b, n, config) in enumerate(cases):
+        args = rk4_mlp_inputs(b, d, h, seed=seed + i, device=device)
+        err = kernel_vs_float64(args, n_steps=n, impl=impl, config=config)
+        worst.update(y=max(worst["y"], err["y"]), grad=max(worst["grad"], err["grad"]),
+                     cases=worst["cases"] + 1)
+    return worst
+
+
+def compiled_launches(batch: int, d: int, h: int, *, n_sm: int = 132, table: dict | None = None) -> dict:
+    """What the compiler says about the launches :func:`rk4_mlp` makes for ``(batch, d, h)``,
+    read from the stored static table (``results/static/kernels.json``; compiled for sm_90,
+    sm_80 and sm_75 without a GPU, never timed).
+
+    Returns ``{"config", "launches": rows of summary_rows for this configuration's forward
+    (with and without the trajectory store) and backward kernels, "all": every compiled
+    ``_rk4`` row, "max_spill_bytes": the most any of them spills (``None`` without rows),
+    "roofline": the roofline rows of this kernel (floor µs per GPU)}``; empty lists when the
+    table is absent."""
+    from dynbook.kernels import static
+
+    table = static.load_table() if table is None else table
+    config = pick_config(batch, d, h, n_sm=n_sm)
+    keys = {launch.key() for launch in static_launches(config)}
+    rows = static.summary_rows("_rk4", table)
+    roof = [r for r in table.get("roofline", []) if r.get("kernel") == "rk4_mlp"]
+    spills = [r["spill_bytes"] for r in rows if r.get("spill_bytes") is not None]
+    return {"config": config, "launches": [r for r in rows if r["launch"] in keys], "all": rows,
+            "max_spill_bytes": max(spills, default=None), "roofline": roof}

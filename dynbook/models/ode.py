@@ -22,6 +22,13 @@ Glossary (code name → symbol):
 
 Everything here is plain PyTorch: it runs on any device and dtype the inputs have; the
 chapter computes orders of convergence in float64 so rounding does not flatten them.
+
+How this module and :mod:`dynbook.models.neural_ode` split the work (they share no code on
+purpose): ``ode`` is Chapter 2's *discretisation* study — time-dependent fields
+(``KnotField``) in float64, ResNets as Euler/RK4 integrators of any Butcher tableau, orders,
+stability; ``neural_ode`` is Chapter 3's *learning* study — one autonomous MLP field in the
+fused kernel's weight layout, counted evaluations, classifiers, the adjoint's memory,
+adaptive solvers and the kernel's baselines.
 """
 
 from __future__ import annotations
