@@ -91,7 +91,8 @@ def test_triton_linear_scan_gradcheck():
     a, b = _ab((2, 11), seed=7)
     a.requires_grad_(True)
     b.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b, impl="triton", _block_l=4), (a, b))
+    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b, impl="triton", _block_l=4), (a, b),
+                                    fast_mode=True)  # checks a random projection of the Jacobian
 
 
 @needs_triton
@@ -172,7 +173,7 @@ def test_selective_reference_and_parallel(shape):
 
 @needs_triton
 @pytest.mark.parametrize("shape,blocks,with_D", [((1, 1, 1, 1), None, True), ((2, 37, 5, 3), None, True),
-                                                 ((2, 50, 19, 17), (64, 32), False),
+                                                 ((1, 50, 11, 17), (64, 16), False),
                                                  ((1, 33, 4, 16), (8, 4), True)])
 def test_triton_selective_scan_float64(shape, blocks, with_D):
     args = _selective_inputs(*shape, seed=len(shape) + shape[1], with_D=with_D)
@@ -196,7 +197,8 @@ def test_triton_selective_scan_low_precision(dtype, tol):
 def test_triton_selective_scan_gradcheck():
     args = _selective_inputs(1, 5, 2, 2, seed=9)
     args = [x.requires_grad_(True) for x in args]
-    assert torch.autograd.gradcheck(lambda *xs: selective_scan(*xs, impl="triton"), tuple(args))
+    assert torch.autograd.gradcheck(lambda *xs: selective_scan(*xs, impl="triton"), tuple(args),
+                                    fast_mode=True)
 
 
 @needs_triton
@@ -302,7 +304,7 @@ def _adjoint64(a, b, g):
 
 _SMALL_TILES = [((1,), (1, 4)), ((3, 1), (2, 8)), ((5, 13), (4, 16)), ((2, 3, 129), (1, 64)),
                 ((2, 3, 129), (4, 16)), ((5, 13), (1, 4))]
-_TUNED_TILES = [((2, 2, 37), c[:2]) for c in LINEAR_SCAN_CONFIGS]  # the autotuner's choices
+_TUNED_TILES = [((3, 37), c[:2]) for c in LINEAR_SCAN_CONFIGS]  # the autotuner's choices
 
 
 @needs_triton
@@ -406,3 +408,18 @@ def test_selective_scan_saved_memory_is_per_chunk():
     bl, bd, w = ssm_backward_config(4096, 1024)
     states = 8 * (4096 // bl) * 16 * 1024 * 4
     assert (bl, bd, w) == (32, 32, 8) and states <= 70e6
+
+
+@needs_triton
+def test_selective_scan_error_against_float64(monkeypatch):
+    """The one kernel-vs-float64 check the chapter (K3) and benchmarks share: float32 errors of
+    the kernel and of the PyTorch loop are rounding-sized; a wrong implementation is not."""
+    from dynbook.kernels import scan
+
+    y_err, g_err = scan.selective_scan_error(1, 11, 3, 2, seed=3)
+    assert 0 < y_err < 1e-5 and 0 < g_err < 1e-4
+    y_ref, g_ref = scan.selective_scan_error(1, 11, 3, 2, impl="torch", seed=3)
+    assert y_ref < 1e-5 and g_ref < 1e-4
+    right = scan.selective_scan
+    monkeypatch.setattr(scan, "selective_scan", lambda *xs, impl: right(*xs, impl=impl) * 1.01)
+    assert scan.selective_scan_error(1, 11, 3, 2, seed=3)[0] > 5e-3

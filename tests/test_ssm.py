@@ -363,29 +363,186 @@ def test_scan_speed_on_cpu():
         ssm.scan_speed(1, 16, 4, 2, device="cpu", impls=("cuda_magic",))
 
 
-def test_energy_per_token_with_a_fake_meter():
-    class Reading:
-        def __init__(self, joules):
-            self.joules = joules
+class _FakeMeter:
+    """An energy counter that reads 1 µJ more each region, 10 µs long (``available`` as given)."""
 
-        def per(self, count):
-            return self.joules / count * 1e12
+    source, reason = "fake", "no counter here"
 
-    class Meter:
-        def __init__(self):
-            self.reading = None
-            self.n = 0
+    def __init__(self, available=True):
+        self.available, self.reading, self.n = available, None, 0
 
-        def __enter__(self):
-            return self
+    def __enter__(self):
+        return self
 
-        def __exit__(self, *exc):
-            self.n += 1
-            self.reading = Reading(1e-6 * self.n)
-            return False
+    def __exit__(self, *exc):
+        self.n += 1
+        joules = 1e-6 * self.n
 
-    meter = Meter()
-    out = ssm.energy_per_token(meter, {"a": lambda: None, "b": lambda: None}, tokens=10, readings=2,
-                               min_seconds=1e-4)
-    assert set(out) == {"a", "b"} and all(len(v) == 2 and all(x > 0 for x in v) for v in out.values())
-    assert meter.n == 4
+        class Reading:
+            seconds = 1e-5
+
+            @staticmethod
+            def per(count, net=True):
+                return joules / count * 1e12
+        self.reading = Reading()
+        return False
+
+
+def test_energy_per_token_meters_both_lengths_and_decides_nothing_without_a_counter():
+    out = ssm.energy_per_token(_FakeMeter(), [16, 32], d_model=64, d_state=4, ssm_impl="chunked",
+                               readings=2, min_seconds=1e-4)
+    assert set(out["metered"]) == {16, 32} and set(out["metered"][16]) == {"attention", "ssm"}
+    assert all(len(m.picojoules) == 2 and m.units_per_call == L
+               for L, r in out["metered"].items() for m in r.values())
+    assert out["longest"] is out["ratio"][32] and out["longest"].value > 0 and out["reason"] == ""
+    assert {"energy_length", "energy_status", "energy_pj_per_token_ssm_L32"} <= set(out["records"])
+    assert out["records"]["energy_length"]["value"] == 32
+    off = ssm.energy_per_token(_FakeMeter(available=False), [16, 32], d_model=64, d_state=4)
+    assert off["longest"] is None and off["metered"] == {} and "no energy counter" in off["reason"]
+    with pytest.raises(ValueError, match=r"lengths\[1\]=0 is not allowed"):
+        ssm.energy_per_token(_FakeMeter(), [16, 0], d_model=64, d_state=4)
+
+
+# ----------------------------------------------------------------------------- the chapter's experiments
+
+
+def test_check_lengths_names_the_parameter():
+    assert ssm.check_lengths("s4d_lengths", [2, 8]) == [2, 8] and ssm.check_lengths("x", None) is None
+    with pytest.raises(dynbook.ParameterError, match="'scaling_lengths' = \\[64, 64\\].*increasing"):
+        ssm.check_lengths("scaling_lengths", [64, 64])
+
+
+def test_three_computations_agree_and_time_a_control():
+    out = ssm.three_computations(3, 4, [16, 40], repeats=2, seed=1, check_length=23, min_time=1e-4)
+    assert out["dev64"] < 1e-12 and out["dev32"] < 1e-5
+    assert set(out["seconds"]) == set(ssm.MODES) and all(len(v) == 2 for v in out["seconds"].values())
+    assert ("scan again", 40) in out["readings"] and ("scan again", 16) not in out["readings"]
+    assert {out["slowest"], out["fastest"]} <= set(ssm.MODES) and out["spread"].value >= 1.0
+    rec = out["records"]
+    assert rec["s4d_max_rel_dev_float64"]["labels"] == {"length": 23} and rec["s4d_longest_length"]["value"] == 40
+    assert all(r["claim"] == "C1" for r in rec.values())
+    again = ssm.three_computations(3, 4, [16, 40], repeats=2, seed=1, check_length=23, min_time=1e-4)
+    assert again["dev64"] == out["dev64"]  # the same seed, the same model and inputs
+    with pytest.raises(ValueError, match=r"lengths\[0\]=0 is not allowed"):
+        ssm.three_computations(3, 4, [0, 8], repeats=2)
+    with pytest.raises(ValueError, match="repeats=0 is not allowed"):
+        ssm.three_computations(3, 4, [8, 16], repeats=0)
+
+
+def test_resampling_experiment_over_seeds():
+    task = ssm.DelayTask(duration=4.0)
+    out = ssm.resampling_experiment(task, samples=32, steps=3, seeds=[0, 1])
+    assert out["step"] == 0.125 and len(out["per_seed"]) == 2 and out["change"].n == 2
+    assert math.isclose(out["r2"]["train"], np.mean([r["train"] for r in out["per_seed"]]))
+    want = [ssm.worst_r2_change(r, rescaled=False) for r in out["per_seed"]]
+    assert math.isclose(out["control"].value, np.mean(want))
+    model0, _ = ssm.train_delay(task, step=0.125, steps=3, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model0.parameters(), out["model"].parameters()))
+    assert out["records"]["delay_r2_train"]["labels"]["per_seed"] == [r["train"] for r in out["per_seed"]]
+    with pytest.raises(ValueError, match="steps=0 is not allowed"):
+        ssm.resampling_experiment(task, samples=32, steps=0, seeds=[0])
+    with pytest.raises(ValueError, match="seeds=\\[\\]"):
+        ssm.resampling_experiment(task, samples=32, steps=1, seeds=[])
+
+
+def test_copying_experiment_trains_both_models_per_seed():
+    cfg = ssm.CopyingConfig(n_tokens=2, length=6, vocab=3, d_model=8, d_state=2, n_layers=1, batch=4,
+                            steps=2, eval_batch=16)
+    out = ssm.copying_experiment(cfg, seeds=[3, 4], impl="parallel")
+    assert set(out["accuracy"]) == set(ssm.COPYING_MODELS) and all(len(v) == 2 for v in out["accuracy"].values())
+    assert all(0.0 <= a <= 1.0 for v in out["accuracy"].values() for a in v)
+    assert all(n > 0 for n in out["parameters"].values())
+    assert all(len(v) == 2 for v in out["losses"].values()) and out["chance"] == 1 / 3
+    model, _ = ssm.train_copying(cfg, selective=True, seed=3, impl="parallel")
+    assert out["accuracy"]["selective"][0] == ssm.copying_accuracy(model, cfg, seed=3)  # first seed, same run
+    assert out["records"]["copy_accuracy_selective"]["labels"]["per_seed"] == out["accuracy"]["selective"]
+    with pytest.raises(ValueError, match="seeds=\\[\\]"):
+        ssm.copying_experiment(cfg, seeds=[])
+
+
+def test_copying_experiment_in_two_processes_gives_the_same_numbers():
+    cfg = ssm.CopyingConfig(n_tokens=2, length=6, vocab=3, d_model=8, d_state=2, n_layers=1, batch=4,
+                            steps=3, eval_batch=16)
+    one = ssm.copying_experiment(cfg, seeds=[0, 1], threads=1)
+    two = ssm.copying_experiment(cfg, seeds=[0, 1], threads=1, workers=2)
+    assert one["accuracy"] == two["accuracy"] and one["losses"] == two["losses"]
+    with pytest.raises(ValueError, match="workers=2 is not allowed on device 'cuda'"):
+        ssm.copying_experiment(cfg, seeds=[0], device="cuda", workers=2)
+
+
+def _sweep(lengths, repeats=4):
+    att = _trace(lengths, 2.0, repeats=repeats, noise=0.01)
+    lin = [[1e-6 * 2000 * L * (1 + 0.01 * i) for i in range(repeats)] for L in lengths]
+    return {"length": list(lengths), "sdpa_backend": ["flash"] * len(lengths),
+            "seconds": {"attention": att, "attention_math": att, "ssm": lin},
+            "bytes": {"attention": [4.0 * L for L in lengths], "attention_math": [4.0 * L * L for L in lengths],
+                      "ssm": [64.0 * L for L in lengths]}}
+
+
+def test_sweep_analysis_exponents_crossover_and_records():
+    out = ssm.sweep_analysis(_sweep(LENGTHS), where="cpu", width=64, d_state=16)
+    E = out["exponents"]
+    assert abs(E["attention"]["time"].value - 2.0) < 0.05 and abs(E["ssm"]["time"].value - 1.0) < 0.05
+    assert math.isclose(E["attention_math"]["memory"].value, 2.0) and math.isclose(E["ssm"]["memory"].value, 1.0)
+    assert out["crossover"]["measured"] == 2048 and out["backends"] == "flash"
+    rec = out["records"]
+    assert rec["cpu_exponent_attention_written_out_memory"]["claim"] == "C5a"
+    assert rec["cpu_exponent_ssm_time"]["labels"]["interval"][0] <= rec["cpu_exponent_ssm_time"]["value"]
+    assert rec["cpu_crossover_length"]["value"] == 2048 and rec["cpu_sdpa_kernel"]["value"] == "flash"
+    rows = ssm.sweep_rows(_sweep(LENGTHS))
+    assert len(rows) == len(LENGTHS) and len(rows[0]) == 7 and math.isclose(rows[0][6], 64 * 256 / 2**20)
+
+
+def test_kernel_speedups_and_their_controls():
+    rng = np.random.default_rng(0)
+    jitter = lambda t: list(t * (1 + 0.01 * rng.random(5)))  # noqa: E731
+    speed = {"seconds": {"triton": jitter(1e-3), "triton_again": jitter(1e-3), "parallel": jitter(4e-3),
+                         "torch": jitter(30e-3), "copy": jitter(0.8e-3)},
+             "bytes": 2**20, "copy_bytes": 2**20, "shape": {"b": 1, "l": 2, "d": 3, "n": 4}}
+    out = ssm.kernel_speedups(speed)
+    assert 29 < out["over_loop"][0].value < 31 and 0.97 < out["over_loop"][1].value < 1.03
+    assert 3.9 < out["over_parallel"][0].value < 4.1
+    assert 0.78 < out["copy_fraction"][0].value < 0.82 and 0.19 < out["copy_fraction"][1].value < 0.21
+    assert dynbook.at_least(20.0, band=2.0).decide(out["over_loop"][1]) == "not supported"
+    assert "of copy bandwidth" in out["text"] and out["records"]["kernel_ms_torch"]["labels"]["l"] == 2
+
+
+def test_compiled_tables_from_the_stored_record_and_a_small_one():
+    launches, roofs, gpus = ssm.compiled_tables()
+    assert launches and roofs and "H100" in gpus
+    assert {row[1] for row in launches} == {"sm_90", "sm_80", "sm_75"}
+    table = {"rows": [{"kernel": "_ssm_fwd_kernel", "key": "k1", "arch": a, "registers": 10} for a in (90, 80)]
+             + [{"kernel": "_ssm_fwd_kernel", "key": "k2", "arch": 90, "registers": 20},
+                {"kernel": "_linear_scan_kernel", "key": "k3", "arch": 80, "registers": 1}],
+             "roofline": [{"kernel": "selective_scan", "from": "k1", "gpu": g, "floor_us": 10.4, "bound": "bytes"}
+                          for g in ("A", "B")] + [{"kernel": "linear_scan", "from": "k3", "gpu": "A",
+                                                   "floor_us": 1.0, "bound": "bytes"}]}
+    launches, roofs, gpus = ssm.compiled_tables(table)
+    assert [r[:2] for r in launches] == [["k1", "sm_90"], ["k1", "sm_80"]]  # k2: not compiled for sm_80
+    assert gpus == ["A", "B"] and roofs == [["selective_scan", "k1", "10 (bytes)", "10 (bytes)"]]
+    assert ssm.compiled_tables({}) == ([], [], [])
+
+
+def test_figures_draw(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2)
+    ssm.plot_scaling(ax, bx, {"cpu": _sweep(LENGTHS[:4])}, "cpu")
+    assert len(ax.lines) == 5 and len(bx.lines) == 5  # three methods, two guides
+    task = ssm.DelayTask(duration=4.0)
+    out = ssm.resampling_experiment(task, samples=32, steps=1, seeds=[0])
+    fig, (ax, bx) = plt.subplots(1, 2)
+    ssm.plot_resampling(ax, bx, out, task)
+    assert len(ax.lines) == 3 and len(bx.patches) == 6
+    plt.close("all")
+
+
+@pytest.mark.skipif(not __import__("dynbook.kernels", fromlist=["x"]).triton_available(), reason="needs triton")
+def test_kernel_experiment_on_cpu(monkeypatch):
+    monkeypatch.setitem(ssm.KERNEL_CHECK_SHAPES, "cpu", [(1, 5, 2, 2)])
+    out = ssm.kernel_experiment("cpu", repeats=3, seed=0)
+    assert out["errors"][0] < 1e-5 and out["errors"][1] < 1e-4 and out["speedups"] is None
+    assert out["records"]["kernel_text"]["value"].startswith("not timed") and out["where"] == "Triton interpreter"

@@ -824,6 +824,25 @@ def selective_scan_inputs(b: int, l: int, d: int, n: int, *, dtype=torch.float32
     return cast(u), cast(delta), A.to(device), cast(B), cast(C), D.to(device)
 
 
+def selective_scan_error(b: int, l: int, d: int, n: int, *, impl: str = "triton", device="cpu",
+                         seed: int = 0) -> tuple[float, float]:
+    """The kernel against the float64 reference on one random ``(b, l, d, n)`` input
+    (:func:`selective_scan_inputs`, float32): ``(output error, worst gradient error)``, each
+    ``max |x − x₆₄| / max |x₆₄|`` (:func:`dynbook.measure.fits.relative_error`), the gradients
+    of all six inputs for one random output cotangent drawn from ``seed``."""
+    from dynbook.measure.fits import relative_error
+
+    xs = selective_scan_inputs(b, l, d, n, device=device, seed=seed)
+    leaves = [x.clone().requires_grad_() for x in xs]
+    y = selective_scan(*leaves, impl=impl)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)).to(y.device, y.dtype)
+    grads = torch.autograd.grad(y, leaves, gy)
+    leaves64 = [x.double().requires_grad_() for x in xs]
+    y64 = selective_scan_reference(*leaves64)
+    grads64 = torch.autograd.grad(y64, leaves64, gy.double())
+    return relative_error(y, y64), max(relative_error(a, b_) for a, b_ in zip(grads, grads64))
+
+
 def bench_selective_scan(b: int, l: int, d: int, n: int, *, dtype=torch.float32, device: str = "cuda",
                          impls=("triton", "parallel", "torch"), min_run_time: float = 0.5,
                          seed: int = 0) -> dict:

@@ -23,6 +23,13 @@ ways that must agree: ``mode="recurrence"`` (one step per token), ``"conv"`` (FF
 with ``K``) and ``"scan"`` (a parallel scan over the recurrence). ``SSMBlock`` is a Mamba block
 (Gu & Dao 2023, Fig. 3) whose SSM is either selective (``Δ, B, C`` computed from the input)
 or the time-invariant S4D, so the two differ in nothing else.
+
+Chapter 5's experiments are one call each (:func:`three_computations`,
+:func:`resampling_experiment`, :func:`copying_experiment`, :func:`scaling_sweep` with
+:func:`sweep_analysis`, :func:`energy_per_token`, :func:`kernel_experiment`), each returning a
+dict with the measured quantities and the ``"records"`` the chapter stores; the chapter
+decides its claims (``dynbook/declared/state_space_models.yaml``) and draws the figures
+(:func:`plot_scaling`, :func:`plot_resampling`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynbook._checks import positive_int
 from dynbook.measure.timing import peak_bytes
 from dynbook.measure.fits import loglog_fit
 from dynbook.book.stats import Estimate
@@ -197,12 +205,6 @@ class SequenceModel(nn.Module):
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def max_rel_dev(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """``max |x − ref| / max |ref|``: a deviation relative to the largest output."""
-    x, ref = x.detach(), ref.detach()
-    return float((x - ref).abs().max() / ref.abs().max())
 
 
 # ----------------------------------------------------------------------------- selective copying
@@ -698,7 +700,7 @@ def scaling_sweep(lengths, *, d_model: int, d_state: int, device: str, dtype=tor
     return res
 
 
-# ----------------------------------------------------------------------------- kernel speed, energy
+# ----------------------------------------------------------------------------- kernel speed
 
 
 def scan_speed(b: int, l: int, d: int, n: int, *, device: str = "cuda", dtype=torch.float32,
@@ -732,29 +734,405 @@ def scan_speed(b: int, l: int, d: int, n: int, *, device: str = "cuda", dtype=to
             "shape": {"b": b, "l": l, "d": d, "n": n}, "dtype": str(dtype).removeprefix("torch.")}
 
 
-def energy_per_token(meter, fns: dict, *, tokens: int, readings: int = 3, min_seconds: float = 1.0,
-                     device: str = "cpu") -> dict:
-    """``{name: [picojoules per token, net of idle power] × readings}`` from ``meter``
-    (:class:`dynbook.measure.energy.EnergyMeter`), the callables interleaved; each reading runs a
-    callable back to back for ≥ ``min_seconds`` (energy counters tick in ms or coarser).
-    ``None`` entries where the meter gave no net reading."""
-    if readings < 1 or tokens < 1:
-        raise ValueError(f"readings = {readings!r}, tokens = {tokens!r}: expected both >= 1")
-    calls = {}
-    for name, fn in fns.items():
-        fn()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        calls[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-9)))
-    out = {name: [] for name in fns}
-    for r in range(readings):
-        names = list(fns)
-        names = names[r % len(names):] + names[:r % len(names)]
-        for name in names:
-            with meter:
-                for _ in range(calls[name]):
-                    fns[name]()
-            out[name].append(meter.reading.per(calls[name] * tokens))
-    return out
+# ----------------------------------------------------------------------------- the chapter's experiments
+# Each returns what a run measured, with ``"records"``: ``{name: {"value", "unit", "labels",
+# "claim"}}``, the keyword arguments of ``dynbook.record`` (the names the chapter's prose
+# glues); the chapter records them, checks, decides its claims and plots.
+
+
+def _metric(value, claim: str, unit: str = "", labels: dict | None = None) -> dict:
+    return {"value": value, "unit": unit, "labels": labels, "claim": claim}
+
+
+def check_lengths(name: str, lengths) -> list[int]:
+    """``lengths`` unchanged if strictly increasing, else a ParameterError naming ``name``."""
+    from dynbook.book.params import ParameterError
+
+    if lengths is not None and any(b <= a for a, b in zip(lengths, lengths[1:])):
+        raise ParameterError(f"parameter {name!r} = {lengths!r} is not allowed: expected strictly "
+                             "increasing lengths")
+    return lengths
+
+
+def three_computations(width: int, d_state: int, lengths, *, repeats: int, device: str = "cpu",
+                       threads: int | None = None, clock=time.perf_counter, seed: int = 0,
+                       check_length: int = 777, min_time: float = 0.03) -> dict:
+    """One :class:`S4D` layer (``H = width``, ``N = d_state``, initialised from ``seed``)
+    computed as a recurrence, an FFT convolution and a parallel scan (:data:`MODES`).
+
+    Agreement: the largest deviation of "conv" and "scan" from "recurrence", relative to the
+    largest output (:func:`dynbook.measure.fits.relative_error`), in float64 on a batch of two
+    irregular sequences of ``check_length`` (``"dev64"``) and in float32 at the longest length
+    (``"dev32"``). Cost: :func:`interleaved_seconds` of every (mode, length) on ``threads``
+    intra-op threads, plus a second copy of the scan at the longest length (``"scan again"``:
+    the negative control). ``"spread"``/``"control"``: :func:`cost_spread` of the three modes
+    and of the scan against its copy, at the longest length; ``"seconds"``: least reading per
+    mode and length."""
+    import copy
+
+    from dynbook.measure.fits import relative_error
+    from dynbook.measure.timing import num_threads
+
+    lengths = [positive_int(f"lengths[{i}]", L) for i, L in enumerate(lengths)]
+    positive_int("repeats", repeats)
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    model = S4D(width, d_state).to(dev)
+    model64 = copy.deepcopy(model).double()
+    g = torch.Generator().manual_seed(seed)
+    u64 = torch.randn(2, check_length, width, generator=g, dtype=torch.float64).to(dev)
+    with torch.no_grad():
+        y64 = {m: model64(u64, mode=m) for m in MODES}
+        dev64 = max(relative_error(y64[m], y64["recurrence"]) for m in ("conv", "scan"))
+        u32 = torch.randn(1, lengths[-1], width, generator=g).to(dev)
+        y32 = {m: model(u32, mode=m) for m in MODES}
+        dev32 = max(relative_error(y32[m], y32["recurrence"]) for m in ("conv", "scan"))
+    inputs = {L: torch.randn(1, L, width, generator=g).to(dev) for L in lengths}
+    longest = lengths[-1]
+    runs = {(m, L): partial(model, inputs[L], mode=m) for L in lengths for m in MODES}
+    runs[("scan again", longest)] = partial(model, inputs[longest], mode="scan")
+    with torch.no_grad(), num_threads(threads or torch.get_num_threads()):
+        readings = interleaved_seconds(runs, repeats=repeats, device=device, min_time=min_time, clock=clock)
+    spread, slowest, fastest = cost_spread({m: readings[(m, longest)] for m in MODES}, seed=seed)
+    control, _, _ = cost_spread({m: readings[(m, longest)] for m in ("scan", "scan again")}, seed=seed)
+    seconds = {m: [min(readings[(m, L)]) for L in lengths] for m in MODES}
+    shape = {"lengths": lengths, "H": width, "N": d_state, "batch": 1, "device": device}
+    rec = {"s4d_width": _metric(width, "C1"), "s4d_state": _metric(d_state, "C1"),
+           "s4d_max_rel_dev_float64": _metric(dev64, "C1", labels={"length": check_length}),
+           "s4d_max_rel_dev_float32": _metric(dev32, "C1", labels={"length": longest})}
+    for m in MODES:
+        rec[f"s4d_seconds_{m}"] = _metric(seconds[m], "C1", "s (least of the interleaved readings)", shape)
+        rec[f"s4d_ms_{m}_longest"] = _metric(seconds[m][-1] * 1e3, "C1", "ms")
+    rec.update({"s4d_longest_length": _metric(longest, "C1"), "s4d_fastest": _metric(fastest, "C1"),
+                "s4d_slowest": _metric(slowest, "C1"),
+                "s4d_cost_ratio": _metric(spread.value, "C1", "slowest / fastest at the longest length"),
+                "s4d_cost_ratio_control": _metric(control.value, "C1", "scan / scan again")})
+    return {"lengths": lengths, "width": width, "d_state": d_state, "model": model,
+            "dev64": dev64, "dev32": dev32, "check_length": check_length, "readings": readings,
+            "seconds": seconds, "spread": spread, "control": control, "slowest": slowest,
+            "fastest": fastest, "records": rec}
+
+
+def resampling_experiment(task: DelayTask, *, samples: int, steps: int, seeds, device: str = "cpu",
+                          threads: int | None = None) -> dict:
+    """C2: one :class:`DelayNet` per seed trained with ``samples`` samples per sequence
+    (:func:`train_delay`, ``steps`` Adam steps, ``threads`` intra-op threads) and scored by
+    :func:`resampling_r2`. ``"per_seed"``: the R² dicts; ``"r2"``: their means;
+    ``"change"``/``"control"``: the worst change of R² over the seeds with ``Δ`` rescaled /
+    kept as trained (:func:`worst_r2_change`, :func:`dynbook.book.stats.over_seeds`);
+    ``"model"``: the first seed's model."""
+    from dynbook.book.stats import over_seeds
+    from dynbook.measure.timing import num_threads
+
+    positive_int("samples", samples)
+    positive_int("steps", steps)
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds=[] is not allowed: expected at least one seed")
+    step = task.duration / samples
+    per_seed, first = [], None
+    with num_threads(threads or torch.get_num_threads()):
+        for s in seeds:
+            model, _ = train_delay(task, step=step, steps=steps, seed=s, device=device)
+            per_seed.append(resampling_r2(model, task, step=step, seed=s))
+            first = model if first is None else first
+    r2 = {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}
+    rec = {"delay_train_samples": _metric(samples, "C2"),
+           "delay_train_step": _metric(step, "C2", "time units"),
+           "delay_steps": _metric(steps, "C2")}
+    for k, v in r2.items():
+        rec[f"delay_r2_{k}"] = _metric(v, "C2", f"R², mean over {len(seeds)} seeds",
+                                       {"per_seed": [r[k] for r in per_seed]})
+    return {"step": step, "samples": samples, "steps": steps, "seeds": seeds, "per_seed": per_seed,
+            "r2": r2, "change": over_seeds([worst_r2_change(r) for r in per_seed]),
+            "control": over_seeds([worst_r2_change(r, rescaled=False) for r in per_seed]),
+            "model": first, "records": rec}
+
+
+COPYING_MODELS = {"selective": True, "time_invariant": False}  # name → selective SSM?
+
+
+def _copying_run(config: CopyingConfig, selective: bool, seed: int, device: str, impl: str,
+                 threads: int | None) -> tuple[float, int, list]:
+    """One training and scoring of :func:`copying_experiment`: ``(accuracy, parameters, losses)``
+    (a module-level function, so a worker process can run it)."""
+    from dynbook.measure.timing import num_threads
+
+    with num_threads(threads or torch.get_num_threads()):
+        model, losses = train_copying(config, selective=selective, seed=seed, device=device, impl=impl)
+        return copying_accuracy(model, config, seed=seed, device=device), n_parameters(model), losses
+
+
+def copying_experiment(config: CopyingConfig, *, seeds, device: str = "cpu", impl: str = "auto",
+                       threads: int | None = None, workers: int = 1) -> dict:
+    """C3: a selective and a time-invariant :class:`SequenceModel` (:data:`COPYING_MODELS`),
+    trained alike once per seed (:func:`train_copying`, on ``threads`` intra-op threads) and
+    scored on held-out sequences (:func:`copying_accuracy`). ``"accuracy"``: ``{model:
+    [fraction per seed]}``; ``"parameters"``: ``{model: count}``; ``"losses"``: the first
+    seed's training losses.
+
+    ``workers > 1`` (CPU only) runs the trainings in that many spawned processes: each is
+    seeded by its own ``seed`` and runs single-threaded as in one process, so the results are
+    the same, only sooner on a machine with idle cores."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds=[] is not allowed: expected at least one seed")
+    positive_int("workers", workers)
+    if workers > 1 and device != "cpu":
+        raise ValueError(f"workers={workers!r} is not allowed on device {device!r}: expected 1 (CPU only)")
+    jobs = [(config, selective, s, device, impl, threads) for s in seeds for selective in COPYING_MODELS.values()]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(_copying_run, *zip(*jobs)))
+    else:
+        runs = [_copying_run(*job) for job in jobs]
+    acc = {name: [] for name in COPYING_MODELS}
+    losses, n_params = {}, {}
+    for (_, selective, _, _, _, _), (accuracy, count, trace) in zip(jobs, runs):
+        name = next(k for k, v in COPYING_MODELS.items() if v == selective)
+        acc[name].append(accuracy)
+        n_params[name] = count
+        losses.setdefault(name, trace)
+    rec = {f"copy_{k}": _metric(getattr(config, k), "C3")
+           for k in ("length", "n_tokens", "vocab", "d_model", "d_state", "n_layers", "steps", "batch")}
+    for name in acc:
+        rec[f"copy_accuracy_{name}"] = _metric(float(np.mean(acc[name])), "C3",
+                                               f"fraction of answer tokens, mean over {len(seeds)} seeds",
+                                               {"per_seed": acc[name]})
+        rec[f"copy_parameters_{name}"] = _metric(n_params[name], "C3")
+    rec["copy_chance"] = _metric(1 / config.vocab, "C3")
+    return {"accuracy": acc, "parameters": n_params, "losses": losses, "seeds": seeds,
+            "chance": 1 / config.vocab, "records": rec}
+
+
+SWEEP_NAMES = {"attention": "attention", "attention_math": "attention_written_out", "ssm": "ssm"}
+
+
+def sweep_analysis(sweep: dict, *, where: str, width: int, d_state: int, seed: int = 0) -> dict:
+    """Exponents and crossover of one :func:`scaling_sweep` on device ``where`` (``"cpu"``,
+    ``"cuda"``): ``"exponents"``: ``{method: {"time": Estimate | None, "memory": Estimate |
+    None}}`` (:func:`time_exponent`, :func:`memory_exponent`); ``"crossover"``: the
+    :func:`crossover` of fused attention and the scan; ``"backends"``: the kernels fused
+    attention ran as; ``"records"``: each method's exponents, least seconds and bytes per
+    length (named by :data:`SWEEP_NAMES`), and the crossover, prefixed by ``where``."""
+    L = sweep["length"]
+    exps = {m: {"time": time_exponent(L, sweep["seconds"][m], seed=seed),
+                "memory": memory_exponent(L, sweep["bytes"][m])} for m in SWEEP_METHODS}
+    cross = crossover(L, sweep["seconds"]["attention"], sweep["seconds"]["ssm"], seed=seed)
+    backends = ", ".join(sorted(set(sweep["sdpa_backend"])))
+    shape = {"lengths": L, "d": width, "n": d_state}
+    rec = {}
+    for m, name in SWEEP_NAMES.items():
+        for kind, est in exps[m].items():
+            rec[f"{where}_exponent_{name}_{kind}"] = _metric(
+                None if est is None else est.value, "C4a" if kind == "time" else "C5a", "d log / d log L",
+                None if est is None else {"interval": [est.lo, est.hi], "method": est.method})
+        rec[f"{where}_seconds_{name}"] = _metric([min(r) if r else None for r in sweep["seconds"][m]], "C4a",
+                                                 "s (least reading)", shape)
+        rec[f"{where}_bytes_{name}"] = _metric([None if math.isnan(b) else b for b in sweep["bytes"][m]],
+                                               "C5a", "bytes", shape)
+    rec[f"{where}_crossover_length"] = _metric(cross["measured"], "C4c", "tokens (measured)")
+    rec[f"{where}_crossover_fitted"] = _metric(cross["fitted"], "C4c", "tokens (extrapolated; decides nothing)")
+    rec[f"{where}_crossover_text"] = _metric(cross["text"], "C4c")
+    rec[f"{where}_sdpa_kernel"] = _metric(backends, "C5c")
+    return {"exponents": exps, "crossover": cross, "backends": backends, "records": rec}
+
+
+def sweep_rows(sweep: dict) -> list[list]:
+    """Table rows of a :func:`scaling_sweep`: length, then ms (least reading) of fused attention,
+    attention written out and the scan, then MiB of each."""
+    ms = [[min(r) * 1e3 if r else float("nan") for r in sweep["seconds"][m]] for m in SWEEP_METHODS]
+    mib = [[b / 2**20 for b in sweep["bytes"][m]] for m in SWEEP_METHODS]
+    return [[L, *(c[i] for c in ms), *(c[i] for c in mib)] for i, L in enumerate(sweep["length"])]
+
+
+def energy_per_token(meter, lengths, *, d_model: int, d_state: int, device: str = "cpu",
+                     dtype=torch.float32, ssm_impl: str = "auto", readings: int = 3,
+                     min_seconds: float = 1.0) -> dict:
+    """Fused causal attention and the selective scan on one sequence of each length (shortest
+    and longest first and last), metered per token by :func:`dynbook.measure.metered.metered`
+    (time, and net energy where ``meter`` reads; nothing runs when it cannot).
+
+    ``"metered"``: ``{L: {"attention": Metered, "ssm": Metered}}``; ``"ratio"``: ``{L: scan ÷
+    attention energy per token}`` (:func:`dynbook.measure.metered.ratio`), None where a
+    reading is missing or not positive (idle power not separable); ``"longest"``,
+    ``"shortest"``: those ratios at the ends; ``"reason"`` (why they are None, else ""),
+    ``"evidence"`` and ``"status"`` (one line for the prose)."""
+    from dynbook.measure import metered as _metered
+
+    positive_int("d_model", d_model)
+    positive_int("d_state", d_state)
+    lengths = [positive_int(f"lengths[{i}]", L) for i, L in enumerate(lengths)]
+    out, ratio = {}, {}
+    rec = {"energy_length": _metric(lengths[-1], "C6", "tokens")}
+    if not meter.available:
+        rec["energy_status"] = _metric(f"not measured: {meter.reason}", "C6")
+        return {"metered": out, "ratio": ratio, "longest": None, "shortest": None, "records": rec,
+                "reason": f"no energy counter on this machine ({meter.reason})", "evidence": ""}
+    with torch.no_grad():
+        for L in lengths:
+            q = attention_inputs(L, d_model, device=device, dtype=dtype)
+            s = ssm_inputs(L, d_model, d_state=d_state, device=device, dtype=dtype)
+            fns = {"attention": partial(causal_attention, *q), "ssm": partial(ssm_scan, s, impl=ssm_impl)}
+            out[L] = _metered.metered(fns, units=L, meter=meter, device=device, readings=readings,
+                                      min_seconds=min_seconds)
+            readable = all(v is not None and v > 0 for m in out[L].values() for v in (m.picojoules or [None]))
+            ratio[L] = _metered.ratio(out[L]["ssm"], out[L]["attention"], what="energy") if readable else None
+    for L, r in out.items():
+        for name, m in r.items():
+            rec[f"energy_pj_per_token_{name}_L{L}"] = _metric(m.picojoules, "C6", "pJ/token (net of idle), per reading",
+                                                              {"device": device, "source": meter.source})
+    longest, shortest = ratio[lengths[-1]], ratio[lengths[0]]
+    if longest is None or shortest is None:
+        reason, evidence = f"{meter.source} gave no positive net energy reading", ""
+        status = f"{meter.source}: no positive net reading (idle power not separable)"
+    else:
+        reason, evidence = "", f"{meter.source}, net of idle power"
+        status = (f"{meter.source}: scan ÷ attention energy per token {longest.value:.3g} at "
+                  f"L = {lengths[-1]}, {shortest.value:.3g} at L = {lengths[0]}")
+    rec["energy_status"] = _metric(status, "C6")
+    return {"metered": out, "ratio": ratio, "longest": longest, "shortest": shortest, "records": rec,
+            "reason": reason, "evidence": evidence}
+
+
+def kernel_speedups(speed: dict, *, seed: int = 0) -> dict:
+    """From :func:`scan_speed` (with ``"triton_again"``): each quantity of the kernel's targets
+    as ``(estimate, negative control)``: ``"over_loop"`` (sequential loop ÷ kernel, control:
+    kernel ÷ its copy), ``"over_parallel"`` (parallel scan ÷ kernel, same control),
+    ``"copy_fraction"`` (fraction of copy bandwidth; control: the parallel scan's), with
+    ``"evidence"`` per quantity, ``"text"`` (one line for the prose) and ``"records"`` (least
+    ms per implementation)."""
+    from dynbook.book.stats import timing_ratio
+
+    sec = speed["seconds"]
+    to_fraction = partial(float.__mul__, speed["bytes"] / speed["copy_bytes"])  # t_copy/t → bandwidth
+    again = timing_ratio(sec["triton_again"], sec["triton"], seed=seed)
+    least = {k: min(v) for k, v in sec.items()}
+    text = (f"{least['torch'] / least['triton']:.3g}× the sequential loop, "
+            f"{least['parallel'] / least['triton']:.3g}× the parallel scan, "
+            f"{to_fraction(least['copy'] / least['triton']):.0%} of copy bandwidth")
+    rec = {f"kernel_ms_{impl}": _metric(t * 1e3, "C7a", "ms (least reading)", speed["shape"])
+           for impl, t in least.items()}
+    return {"over_loop": (timing_ratio(sec["torch"], sec["triton"], seed=seed), again),
+            "over_parallel": (timing_ratio(sec["parallel"], sec["triton"], seed=seed), again),
+            "copy_fraction": (timing_ratio(sec["copy"], sec["triton"], seed=seed).map(to_fraction),
+                              timing_ratio(sec["copy"], sec["parallel"], seed=seed).map(to_fraction)),
+            "evidence": {"over_loop": "", "over_parallel": "",
+                         "copy_fraction": f"{speed['bytes'] / 2**20:.0f} MiB moved at least; copy of "
+                                          f"{speed['copy_bytes'] / 2**20:.0f} MiB in {least['copy'] * 1e3:.3g} ms"},
+            "text": text, "records": rec}
+
+
+KERNEL_SHAPE = (8, 4096, 1024, 16)  # (b, l, d, n): the shape of the kernel's targets (issue #4)
+KERNEL_CHECK_SHAPES = {"cuda": [(2, 1000, 100, 16), (1, 333, 37, 5)],
+                       "cpu": [(2, 37, 5, 3), (1, 20, 3, 16)]}  # irregular; small for the interpreter
+
+
+def kernel_experiment(device: str, *, repeats: int, seed: int = 0) -> dict:
+    """The Triton selective scan checked and, on a GPU, timed.
+
+    Check: :func:`dynbook.kernels.scan.selective_scan_error` on each shape of
+    :data:`KERNEL_CHECK_SHAPES` (on a CPU in Triton's interpreter): ``"errors"``, the worst
+    ``(output, gradient)`` relative errors against float64. Speed (CUDA only):
+    :func:`scan_speed` at :data:`KERNEL_SHAPE` with ``repeats`` interleaved readings, as
+    :func:`kernel_speedups` in ``"speedups"`` (None on a CPU); ``"text"``: one line for the
+    prose; ``"records"``."""
+    from dynbook.kernels.scan import selective_scan_error
+
+    positive_int("repeats", repeats)
+    on_gpu = device == "cuda"
+    shapes = KERNEL_CHECK_SHAPES["cuda" if on_gpu else "cpu"]
+    errors = [selective_scan_error(*shape, device=device, seed=seed) for shape in shapes]
+    worst = tuple(max(e[i] for e in errors) for i in (0, 1))
+    rec = {"kernel_rel_err": _metric(worst[0], "C7a"), "kernel_grad_rel_err": _metric(worst[1], "C7a")}
+    speedups, text = None, "not timed (no GPU in this run)"
+    if on_gpu:
+        speed = scan_speed(*KERNEL_SHAPE, device="cuda", impls=("triton", "triton_again", "parallel", "torch"),
+                           repeats=repeats, min_time=0.05, seed=seed)
+        speedups = kernel_speedups(speed, seed=seed)
+        rec.update(speedups["records"])
+        text = speedups["text"]
+    rec["kernel_text"] = _metric(text, "C7a")
+    return {"shapes": shapes, "errors": worst, "speedups": speedups, "text": text, "records": rec,
+            "where": "GPU" if on_gpu else "Triton interpreter"}
+
+
+def compiled_tables(table: dict | None = None) -> tuple[list, list, list]:
+    """The scan kernels "compiled, not timed" (``results/static/kernels.json``, written by
+    ``benchmarks/static_kernels.py``; empty where it is absent): ``(launches, rooflines,
+    gpus)``. ``launches``: one row per (launch, arch) of the launches compiled for every
+    architecture (launch, arch, registers, spilled bytes, exp / shuffles / instructions per
+    element); ``rooflines``: one row per design of the selective scan (kernel, design, then
+    floor µs and what sets it on each of ``gpus``)."""
+    from dynbook.kernels import static
+
+    table = static.load_table() if table is None else table
+    rows = static.summary_rows("_ssm", table)
+    archs = {}
+    for r in rows:
+        archs.setdefault(r["launch"], set()).add(r["arch"])
+    every = set().union(*archs.values())
+    launches = [[r["launch"], r["arch"], r["registers"], r["spill_bytes"], r["exp_per_element"],
+                 r["shuffles_per_element"], r["instructions_per_element"]]
+                for r in rows if archs[r["launch"]] == every]
+    roofs = [r for r in table.get("roofline", []) if r["kernel"].startswith("selective_scan")]
+    gpus = list(dict.fromkeys(r["gpu"] for r in roofs))
+    designs = {}
+    for r in roofs:
+        designs.setdefault((r["kernel"], r["from"]), {})[r["gpu"]] = f"{r['floor_us']:.0f} ({r['bound']})"
+    return launches, [[k, d, *(v.get(g, "") for g in gpus)] for (k, d), v in designs.items()], gpus
+
+
+def plot_scaling(ax, bx, sweeps: dict, main: str) -> None:
+    """Seconds (``ax``, least reading) and peak memory (``bx``) per sequence against its length
+    for fused attention (solid), attention written out (dashed) and the scan, for each device's
+    :func:`scaling_sweep` in ``sweeps``; dotted guides of slopes 1 and 2 through the scan's
+    first point on device ``main``."""
+    colors = {"cpu": ("C0", "C1"), "cuda": ("C2", "C3")}
+    for where, sw in sweeps.items():
+        L = np.array(sw["length"], dtype=float)
+        ca, cs = colors[where]
+        least = {m: np.array([min(r) if r else np.nan for r in sw["seconds"][m]]) for m in SWEEP_METHODS}
+        for axis, values, unit in ((ax, least, 1e3), (bx, {m: np.array(sw["bytes"][m]) for m in SWEEP_METHODS},
+                                                      1 / 2**20)):
+            axis.loglog(L, values["attention"] * unit, "o-", color=ca, label=f"attention, fused, {where}")
+            axis.loglog(L, values["attention_math"] * unit, "o--", color=ca, alpha=0.6,
+                        label=f"attention, written out, {where}")
+            axis.loglog(L, values["ssm"] * unit, "s-", color=cs, label=f"scan, {where}")
+    sw = sweeps[main]
+    L = np.array(sw["length"], dtype=float)
+    for axis, y0 in ((ax, min(sw["seconds"]["ssm"][0]) * 1e3), (bx, sw["bytes"]["ssm"][0] / 2**20)):
+        axis.loglog(L, y0 * (L / L[0]), "k:", lw=0.8)
+        axis.loglog(L, y0 * (L / L[0]) ** 2, "k:", lw=0.8)
+    ax.set(xlabel="sequence length L", ylabel="ms per sequence")
+    bx.set(xlabel="sequence length L", ylabel="MiB per sequence")
+    ax.legend(fontsize=7)
+
+
+def plot_resampling(ax, bx, result: dict, task: DelayTask, *, seed: int = 0) -> None:
+    """C2's figure from :func:`resampling_experiment`: on ``ax`` one held-out signal's delayed
+    target and the first seed's model output on samples 2× finer, with ``Δ`` rescaled or kept;
+    on ``bx`` the mean R² at each sampling step, with and without rescaling."""
+    step, model, r2 = result["step"], result["model"], result["r2"]
+    device = next(model.parameters()).device
+    u, y, _ = task.sample(1, step / 2, seed=stream_seed(seed, "delay/eval"))
+    t = torch.arange(u.shape[1]) * step / 2
+    with torch.no_grad():
+        y_res = model(u.to(device), step_scale=0.5).cpu()
+        y_naive = model(u.to(device), step_scale=1.0).cpu()
+    ax.plot(t, y[0, :, 0], color="grey", lw=3, alpha=0.5, label="target u(t − 1)")
+    ax.plot(t, y_res[0, :, 0], label="Δ rescaled")
+    ax.plot(t, y_naive[0, :, 0], "--", label="Δ as trained")
+    ax.axvspan(0, task.delay, color="grey", alpha=0.1)
+    ax.set(xlabel="time t", ylabel="output", title="2× finer sampling")
+    ax.legend(fontsize=8)
+    xs = np.arange(3)
+    bx.bar(xs - 0.2, [r2["train"], r2["fine_rescaled"], r2["coarse_rescaled"]], 0.4, label="Δ rescaled")
+    bx.bar(xs + 0.2, [r2["train"], r2["fine_naive"], r2["coarse_naive"]], 0.4, label="Δ as trained")
+    bx.set(xticks=xs, xticklabels=["trained", "2× finer", "2× coarser"], ylabel="R²",
+           ylim=(min(-0.1, min(r2.values()) - 0.1), 1.05))
+    bx.axhline(0, color="k", lw=0.8)
+    bx.legend(fontsize=8)
