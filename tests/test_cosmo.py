@@ -98,17 +98,18 @@ def test_batched_predictions_equal_single_ones():
 def test_fit_friction_recovers_a_known_friction(convention):
     ntk0, f0, lr, mu = t64(1.2, 0.7), t64(0.1, -0.3), t64(0.01, 0.003), t64(0.5, 0.9)
     true = cosmo.friction(lr, mu) * t64(1.3, 0.8)
-    obs = cosmo.predict_output(ntk0, f0, f0 + 1, 2, lr, mu, 200, convention=convention,
+    obs = cosmo.predict_output(ntk0, f0, f0 + 1, 2, lr, mu, 80, convention=convention,
                                gamma=true, rtol=1e-10, atol=1e-12)
     fit = cosmo.fit_friction(obs, ntk0, f0, f0 + 1, 2, lr, mu, convention=convention)
     torch.testing.assert_close(fit, true, rtol=1e-4, atol=0)
 
 
 def test_max_learning_rate_falls_with_momentum_and_scales_as_one_over_ntk():
-    mu = t64(0.0, 0.5, 0.9)
-    lr1 = cosmo.max_learning_rate(1.0, 0.0, 1.0, 2, mu, 60, iterations=16)
-    lr4 = cosmo.max_learning_rate(4.0, 0.0, 1.0, 2, mu, 60, iterations=16)
-    assert torch.all(lr1.diff() < 0)
+    # Θ_0 = 1 and 4 in one batched bisection; log-range 9.2 / 2^14: 6e-4 resolution each
+    theta, mu = t64(1.0, 1.0, 1.0, 4.0, 4.0, 4.0), t64(0.0, 0.5, 0.8, 0.0, 0.5, 0.8)
+    lr = cosmo.max_learning_rate(theta, 0.0, 1.0, 2, mu, 40, iterations=14, lr_range=(1e-4, 1.0))
+    lr1, lr4 = lr[:3], lr[3:]
+    assert torch.all(lr1.diff() < 0) and torch.all(lr4 > 1e-4)
     # everything depends on ηΘ_0 only (rescale time by √Θ_0), up to the bisection's resolution
     torch.testing.assert_close(lr1 / lr4, torch.full_like(lr1, 4.0), rtol=2e-3, atol=0)
 
@@ -221,6 +222,113 @@ def test_mode_analysis_of_frozen_kernel_dynamics_explains_every_mode():
 def test_fit_vacuum_energy_recovers_the_flrw_vacuum():
     ntk0, f0, lr, mu = t64(1.2, 0.7), t64(0.1, -0.3), t64(0.01, 0.003), t64(0.5, 0.9)
     true = cosmo.vacuum_energy(lr, mu) * t64(1.5, 0.7)
-    obs = cosmo.flrw(f0, ntk0, f0 + 1, 2, true, lr.sqrt(), 200, rtol=1e-10, atol=1e-12)["phi"]
+    obs = cosmo.flrw(f0, ntk0, f0 + 1, 2, true, lr.sqrt(), 80, rtol=1e-10, atol=1e-12)["phi"]
     fit = cosmo.fit_vacuum_energy(obs, ntk0, f0, f0 + 1, 2, lr, mu)
     torch.testing.assert_close(fit, true, rtol=1e-4, atol=0)
+
+
+# ----------------------------------------------------------------------------- the chapter's studies
+
+
+def test_theta0_metrics_and_bound_study_on_a_small_grid():
+    from dynbook.models import ntk
+
+    args = ([8, 16], [1, 2], ["relu", "erf"], [0.5, 1.0])
+    study = ntk.theta0_study(*args, 2, x0=1.0, bias_std=0.5, seed=0)
+    out = cosmo.theta0_metrics(study, *args)
+    m = out["metrics"]
+    assert m["ntk0_effect_width"]["labels"] == {"levels": [8, 16]}
+    assert m["ntk0_effect_activation"]["labels"] == {"levels": ["relu", "erf"]}
+    assert {v["claim"] for v in m.values()} == {"C2", "C3", "C4"}
+    assert 0 <= m["erf_over_relu_fraction"]["value"] <= 1
+    assert out["erf_fraction"].shape == (2,) and set(out["evidence"]) == {"C2", "C3", "C4"}
+    bound = cosmo.bound_study(study, ["relu", "erf"], [1, 2], [0.5, 1.0], [2], [0.0, 0.5, 0.8],
+                              target_shift=1.0, n_steps=20, planck_mass=1.0, tolerance=0.05)
+    assert bound["eta_max"].shape == (4, 1, 3) and torch.all(bound["eta_max"].diff(dim=-1) < 0)
+    assert abs(bound["exponent"].value - 2) < 0.5  # η_max ∝ (1 − μ)²
+    assert abs(bound["exponent_flat"].value) < 0.5
+    with pytest.raises(ValueError, match="momenta=.*at least 2"):
+        cosmo.bound_study(study, ["relu", "erf"], [1, 2], [0.5, 1.0], [2], [0.5],
+                          target_shift=1.0, n_steps=20, planck_mass=1.0, tolerance=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_spectrum():
+    return cosmo.spectrum_study(activations=["relu", "erf"], width=16, n_inputs=6, n_inits=3,
+                                bias_std=0.5, interval_hubble=0.5, lr=0.1111, momentum=0.0,
+                                input_point=1.0, seed=0, bias_levels=(0.05, 0.5))
+
+
+def test_spectrum_study_shapes_and_controls(tiny_spectrum):
+    spec = tiny_spectrum
+    assert spec["lam"].shape == (12, 6) and spec["overlap"].shape == (12,)
+    assert torch.all(spec["lam"].diff(dim=-1) <= 1e-12)  # eigenvalues in falling order
+    assert torch.all((spec["overlap"] >= 0) & (spec["overlap"] <= 1 + 1e-12))
+    # the control of C12 drops the 1/N of the mean loss: log2 N apart
+    torch.testing.assert_close(spec["log2_centre_without_n"] - spec["log2_centre"],
+                               torch.full((12,), math.log2(6), dtype=F64))
+    assert spec["overlap_small_bias"].shape == (16,) and spec["gap_small_bias_relu"].shape == (8,)
+    assert spec["half_width"] == pytest.approx(0.5 * 3 / cosmo.friction(0.1111, 0.0))
+    with pytest.raises(ValueError, match="n_inputs=4"):
+        cosmo.spectrum_study(activations=["erf"], width=4, n_inputs=4, n_inits=2, bias_std=0.5,
+                             interval_hubble=0.5, lr=0.1, momentum=0.0, input_point=1.0, seed=0)
+
+
+def test_mode_study_runs_every_architecture_and_power(tiny_spectrum):
+    modes = cosmo.mode_study(tiny_spectrum, powers=[2, 4], n_seeds=1, lr=0.1111, momentum=0.0,
+                             target_shift=1.0, n_steps=20)
+    assert len(modes["arch_of"]) == 8 and modes["g"].shape == (21, 8, 6)
+    assert modes["per_run"]["motion"].shape == (8,)
+    # n = 2 at next order: the mean mode follows its equation closely on a wide-enough kernel
+    quadratic = modes["run"]["power"] == 2
+    assert modes["mean_dev"]["next"][quadratic].median() < 0.2
+    with pytest.raises(ValueError, match="n_seeds=5"):
+        cosmo.mode_study(tiny_spectrum, powers=[2], n_seeds=5, lr=0.1, momentum=0.0,
+                         target_shift=1.0, n_steps=5)
+
+
+def test_headline_study_checks_hold_and_the_dual_matches_at_small_lr():
+    head = cosmo.headline_study(width=16, n_seeds=1, bias_std=0.5, x0=1.0, learning_rate=0.01,
+                                momentum=0.5, fit_lrs=[0.001, 0.003], power=2, target_shift=1.0,
+                                n_steps=25, planck_mass=1.0, vacuum_tolerance=0.05,
+                                vacuum_dominance=0.1, seed=0)
+    assert head["fit_lrs"] == [0.001, 0.003, 0.01] and head["i_h"] == 2
+    assert all(holds for _, holds, _ in head["checks"].values()), head["checks"]
+    assert head["dev_flrw"].shape == (1, 3 + len(head["multiples"]))
+    assert head["metrics"]["learning_rate_used"]["value"] == 0.01
+    # the fitted friction is the dictionary's (1 − μ)/√η to a few per cent
+    assert max(head["gamma_err"]) < 0.1 < max(head["gamma_err_control"])
+    with pytest.raises(ValueError, match="n_seeds=0"):
+        cosmo.headline_study(width=4, n_seeds=0, bias_std=0.5, x0=1.0, learning_rate=0.01,
+                             momentum=0.5, fit_lrs=[0.001], power=2, target_shift=1.0,
+                             n_steps=5, planck_mass=1.0, vacuum_tolerance=0.05,
+                             vacuum_dominance=0.1, seed=0)
+
+
+def test_narrow_study_kernel_moves_more_in_narrow_networks():
+    res = cosmo.narrow_study([4, 16, 256], n_seeds=4, bias_std=0.5, x0=1.0, lr=0.01,
+                             momentum=0.5, power=2, target_shift=3.0, n_steps=40, seed=0)
+    assert res["deviation"].shape == (3, 4) and res["widths"] == [4, 16, 256]
+    assert res["change_slope"].value < 0  # |ΔΘ|/Θ_0 falls with the width
+    assert res["metrics"]["narrow_width"]["value"] == 4
+    with pytest.raises(ValueError, match="widths=.*at least 3"):
+        cosmo.narrow_study([4, 8], n_seeds=2, bias_std=0.5, x0=1.0, lr=0.01, momentum=0.5,
+                           power=2, target_shift=1.0, n_steps=5, seed=0)
+
+
+def test_choices_rows_name_every_setting():
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(
+        bias_std=0.5, input_point=1.0, loss_powers=[2, 4], target_shift=1.0, n_steps=200,
+        planck_mass=1.0, learning_rate=0.01, momentum=0.5, headline_width=256,
+        headline_seeds=3, fig1_widths=[256], fig1_depths=[1, 2], fig1_init_stds=[0.5, 1.0],
+        fig1_seeds=3, momenta=[0.5, 0.0, 0.3], vacuum_tolerance=0.05, scan_widths=[256],
+        scan_depths=[1], scan_init_stds=[1.0], scan_lr_momentum=[[0.01, 0.0]], scan_seeds=1,
+        fit_learning_rates=[0.001, 0.1], vacuum_dominance=0.1, pert_learning_rate=0.1111,
+        pert_momentum=0.0, n_inputs=16, interval_hubble=0.5, pert_width=256, n_inits=16,
+        narrow_widths=[16, 4, 8], narrow_shift=3.0, narrow_seeds=8, match_tolerance=0.1)
+    rows = dict(cosmo.choices(run))
+    assert "μ ∈ [0.0, 0.3, 0.5]" in rows["Fig. 2"]
+    assert "η ∈ [0.001, 0.01, 0.1]" in rows["γ and V_0 fits"]
+    assert rows["match tolerance"] == "0.1, inconclusive within ±0.02"

@@ -3,6 +3,6 @@
 ``matrix`` (GEMM workloads and MLPs at the limits of batch and memory), ``ode`` and
 ``neural_ode`` (ResNets as discretised ODEs, Neural ODEs and their solvers), ``sde`` and
 ``diffusion`` (Neural SDEs, score-based diffusion), ``ssm`` (state-space layers and the
-selective scan), ``ntk`` and ``cosmo`` (training as a damped oscillator, the neural tangent
-kernel, and the scalar-field universe dual to momentum descent).
+selective scan), ``ntk`` (the neural tangent kernel), ``heavy_ball`` (training with momentum
+as a damped oscillator) and ``cosmo`` (the scalar-field universe dual to momentum descent).
 """
