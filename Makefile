@@ -26,8 +26,8 @@ test: venv  ## unit tests + every chapter executed with profile=quick
 	$(BIN)/python -m pytest -m "not chapter" -n auto $(ARGS)
 	$(BIN)/python -m pytest -m chapter $(ARGS)
 
-test-fast: venv  ## unit tests only, no chapter runs (the developer's loop)
-	$(BIN)/python -m pytest -m "not chapter" -n auto $(ARGS)
+test-fast: venv  ## unit tests only: no chapter runs, no end-to-end script runs (the developer's loop)
+	$(BIN)/python -m pytest -m "not chapter and not slow" -n auto $(ARGS)
 
 list: venv
 	$(BIN)/dynbook list

@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from dynbook.book import cli
 
 ROOT = cli.book_root()
 SCRIPTS = sorted((ROOT / "benchmarks").glob("bench_*.py"))
 
 
+@pytest.mark.slow
 def test_gpu_session_runs_end_to_end_on_cpu(tmp_path):
     """benchmarks/gpu_session.sh at tiny size on the CPU (kernels in Triton's interpreter): the
     kernel-test step, every benchmark (each writing its JSON), no carried wheels, the chapter

@@ -87,6 +87,7 @@ def test_claims_ledger_from_metrics():
     assert "1 of 1 passed" in text
 
 
+@pytest.mark.slow
 def test_plain_papermill_runs_a_chapter_and_results_can_be_saved(tmp_path):
     """`python -m papermill` on the committed notebook, tiny sizes; then --save-results' copy."""
     out = tmp_path / "out.ipynb"
