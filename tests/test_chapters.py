@@ -34,7 +34,7 @@ SEED_DEPENDENT = [c.slug for c in CHAPTERS]
 # Chapters whose recorded metrics contain no timing: seed 0 must give the committed record
 # (tests/reference/<slug>.json), value for value.
 DETERMINISTIC = [c.slug for c in CHAPTERS
-                 if c.slug.endswith(("resnets_as_odes", "cosmology_duality"))]
+                 if c.slug.endswith(("resnets_as_odes", "learning_dynamics", "cosmology_duality"))]
 # Chapters that run alone: the distributed one starts worker processes and times them; the
 # matrix one measures caches and memory bandwidth, which a chapter on the other core shares
 # (its distinct- vs shared-weight control strayed into the band when it ran beside another).

@@ -534,7 +534,7 @@ def mode_analysis(run: dict, lr, momentum, n_steps, *, control_kernel_scale=0.1)
 
 # ----------------------------------------------------------------------------- the chapter's studies
 #
-# Each study is one call of chapter 07_cosmology_duality: it trains or integrates what one claim
+# Each study is one call of chapter 09_cosmology_duality: it trains or integrates what one claim
 # (or a few) needs and returns a dict with the data, ``metrics`` (name → the keyword arguments
 # of ``dynbook.record``) and ``evidence`` (claim id → the line its verdict shows). The chapter
 # records, decides, plots and tells.
