@@ -5,6 +5,7 @@ import math
 import pytest
 
 from dynbook.measure import energy
+from fakes import ConstantPowerMeter
 from dynbook.measure.energy import EnergyMeter, EnergyModel, RaplCounter
 
 
@@ -351,35 +352,12 @@ def test_fma_loop_kernel_matches_its_reference():
     assert c.bytes == 8192 and c.flops == 0
 
 
-class PowerMeter(WorkMeter):
-    """A fake meter that charges a constant power over the wall time of each region."""
-
-    def __init__(self, watts=10.0):
-        super().__init__()
-        self.watts = watts
-
-    def __enter__(self):
-        import time
-
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        import time
-
-        from dynbook.measure.energy import EnergyReading
-
-        dt = time.perf_counter() - self._t0
-        self.reading = EnergyReading("fake", dt, joules=self.watts * dt + 1e-3, idle_watts=0.0)
-        return False
-
-
 def test_the_chapter_energy_path_runs_on_real_cpu_kernels():
     """The sequence of chapter 1's energy cell, on real kernels with a fake counter."""
     kernels = {"copy": energy.copy_kernel("cpu", 2**20), "fma": energy.fma_kernel("cpu", cpu_size=32),
                "gemv": energy.gemm_kernel("cpu", 1, 64, name="gemv"),
                "gemm": energy.gemm_kernel("cpu", 16, 64, name="gemm")}
-    per_call = energy.energy_per_call(list(kernels.values()), PowerMeter(), repeats=3, seconds=0.01)
+    per_call = energy.energy_per_call(list(kernels.values()), ConstantPowerMeter(10.0, extra_joules=1e-3), repeats=3, seconds=0.01)
     out = energy.movement_study(per_call, kernels, target="gemv", control="gemm")
     for key in ("share", "control_share", "measured_over_model", "pj_per_byte", "pj_per_flop"):
         assert len(out[key]) == 3

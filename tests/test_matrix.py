@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dynbook.models import matrix as mx
+from fakes import ConstantPowerMeter
 
 
 def test_gemm_point_derived_quantities():
@@ -238,39 +239,15 @@ def test_depth_study_counts_one_activation_per_layer_and_none_when_checkpointed(
                        free_bytes=10_000)
 
 
-class _ConstantMeter:
-    """A counter-like meter charging ``watts`` over each region's wall time, idle 0 W."""
-
-    available, reason, source = True, "", "fake"
-
-    def __init__(self, watts):
-        self.watts = watts
-
-    def __enter__(self):
-        import time
-
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        import time
-
-        from dynbook.measure.energy import EnergyReading
-
-        dt = time.perf_counter() - self._t0
-        self.reading = EnergyReading("fake", dt, joules=self.watts * dt, idle_watts=0.0)
-        return False
-
-
 def test_energy_study_splits_the_gemv_and_says_why_when_costs_are_unusable():
     kw = dict(device="cpu", dtype="fp32", n=64, m_large=16, copy_bytes=MiB, repeats=2, seconds=0.003)
-    study = mx.energy_study(_ConstantMeter(10.0), **kw)
+    study = mx.energy_study(ConstantPowerMeter(10.0), **kw)
     assert len(study.pj_per_byte) == len(study.pj_per_flop) == 2 and study.reason == ""
     assert min(study.pj_per_byte) > 0 and min(study.pj_per_flop) > 0
     assert 0 < study.share.value < 1 and 0 < study.share_control.value < 1
     assert study.fit.value > 0 and study.fit.n == 2
     # a counter that never moves: zero costs, an infinite arithmetic-only ratio, no estimate
-    dead = mx.energy_study(_ConstantMeter(0.0), **kw)
+    dead = mx.energy_study(ConstantPowerMeter(0.0), **kw)
     assert dead.share is None and dead.fit_control is None and "not usable" in dead.reason
 
 
