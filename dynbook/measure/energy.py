@@ -323,18 +323,6 @@ class EnergyMeter:
             self.counter.close()
 
 
-def measure(fn: Callable[[], object], *, device: str = "cpu", repeat: int = 1,
-            meter: EnergyMeter | None = None) -> EnergyReading:
-    """Run ``fn`` ``repeat`` times inside one metered region and return the reading (one
-    region, nothing divided). Energy and time per unit of work are measured by
-    :func:`dynbook.measure.metered.metered`, with one repeat rule."""
-    meter = meter or EnergyMeter(device)
-    with meter:
-        for _ in range(repeat):
-            fn()
-    return meter.reading
-
-
 # ----------------------------------------------------------------------------- movement vs arithmetic
 
 

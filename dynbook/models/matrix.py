@@ -294,15 +294,6 @@ class ReusePoint:
         return self.weight_bytes / self.seconds
 
 
-def mlp_reuse_sweep(batches, *, depth: int, width: int, device: str = "cpu",
-                    dtype=torch.float32, min_run_time: float = 0.2, repeats: int = 1,
-                    shared: bool = False) -> list[ReusePoint]:
-    """Forward time of a depth-``depth`` MLP at each batch size (inference, no autograd)."""
-    kind = "shared" if shared else "distinct"
-    return reuse_comparison({kind: list(batches)}, depth=depth, width=width, device=device, dtype=dtype,
-                            min_run_time=min_run_time, repeats=repeats)[kind]
-
-
 REUSE_KINDS = ("distinct", "shared", "distinct_copy")
 
 
