@@ -37,6 +37,24 @@ def test_data_shapes_and_targets():
     assert model(data.inputs, data.points).shape == (5, 3)
 
 
+def test_trunk_on_distinct_points_is_the_plain_product():
+    data = don.antiderivative_data(20, 6, 30, 0.2, seed=4)  # 600 query points, many repeated
+    assert torch.unique(data.points).numel() < data.points.numel()
+    torch.manual_seed(0)
+    model = don.DeepONet(6, width=8, latent=5)
+    with torch.no_grad():
+        plain = torch.einsum("nk,nqk->nq", model.branch(data.inputs), model.trunk(data.points)) + model.bias
+        assert torch.allclose(model(data.inputs, data.points), plain, rtol=1e-6, atol=1e-7)
+
+
+def test_grf_factor_is_computed_once_and_not_shared_out():
+    don.grf(2, 0.25, grid_size=17)
+    x, _ = don.grf(2, 0.25, grid_size=17)
+    x += 1  # the caller's grid is its own
+    assert float(don.grf(2, 0.25, grid_size=17)[0][0]) == 0.0
+    assert don._grf_factor.cache_info().hits >= 2
+
+
 def test_training_learns_and_shuffled_targets_do_not():
     train = don.antiderivative_data(60, 16, 10, 0.3, seed=2)
     test = don.antiderivative_data(50, 16, 20, 0.3, seed=3)

@@ -58,6 +58,20 @@ def test_sampled_laplacian_is_unbiased():
     torch.testing.assert_close(unscaled * 5, one)  # the control drops exactly the factor d/|S|
 
 
+@pytest.mark.parametrize("rescale", [True, False])
+def test_sampled_loss_in_one_pass_equals_two_residuals(rescale):
+    # residual_loss stacks its two subsets into one pass; d = 3, |S| = 2: they always overlap
+    problem = pinn.ball_poisson(3)
+    net = pinn.TanhMLP(3, 8)
+    theta = net.init(torch.Generator().manual_seed(5))
+    x = problem.sample(16, torch.Generator().manual_seed(6))
+    for seed in range(4):
+        loss = pinn.residual_loss(net, theta, problem, x, 2, torch.Generator().manual_seed(seed), rescale=rescale)
+        gen = torch.Generator().manual_seed(seed)
+        ra, rb = (pinn.residual(net, theta, problem, x, pinn.random_dims(3, 2, gen), rescale) for _ in range(2))
+        torch.testing.assert_close(loss, (ra * rb).mean(), rtol=1e-13, atol=0)
+
+
 def test_energy_is_minimised_by_the_exact_solution():
     # E(u*) = −½∫ f u*; any other admissible u has larger energy
     problem = pinn.sine_poisson(1, 1)

@@ -13,6 +13,7 @@ Glossary (code name → symbol):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,12 +30,19 @@ def grf(n_functions: int, length_scale: float, generator: torch.Generator | None
     uniform grid of [0, 1]: returns the grid (g,) and the samples (n, g), float64."""
     _checks.positive_int("n_functions", n_functions)
     _checks.positive("length_scale", length_scale)
+    x, root = _grf_factor(float(length_scale), grid_size)
+    return x.clone(), torch.randn(n_functions, grid_size, generator=generator, dtype=torch.float64) @ root.T
+
+
+@functools.lru_cache(maxsize=8)
+def _grf_factor(length_scale: float, grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid and a square root of the kernel matrix on it (computed once per ℓ and grid:
+    the experiment draws from the same two fields many times)."""
     x = torch.linspace(0, 1, grid_size, dtype=torch.float64)
     k = torch.exp(-(x[:, None] - x[None]) ** 2 / (2 * length_scale**2))
     # eigen-factor instead of Cholesky: k is numerically singular for long length scales
     w, q = torch.linalg.eigh(k)
-    root = q * w.clamp(min=0).sqrt()
-    return x, torch.randn(n_functions, grid_size, generator=generator, dtype=torch.float64) @ root.T
+    return x, q * w.clamp(min=0).sqrt()
 
 
 def antiderivative(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -89,7 +97,11 @@ class DeepONet(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, inputs: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nk,nqk->nq", self.branch(inputs), self.trunk(points)) + self.bias
+        # the trunk sees each distinct query point once: the points come from the fine grid
+        # (at most 513 values among n·q), so this is the same function at a fraction of the cost
+        distinct, where = torch.unique(points.reshape(-1), return_inverse=True)  # the trunk's input is y alone
+        trunk = self.trunk(distinct[:, None])[where].reshape(*points.shape[:-1], -1)
+        return torch.einsum("nk,nqk->nq", self.branch(inputs), trunk) + self.bias
 
 
 def relative_error(model: DeepONet, data: OperatorData) -> float:
@@ -101,7 +113,7 @@ def relative_error(model: DeepONet, data: OperatorData) -> float:
 
 def train(data: OperatorData, *, steps: int, lr: float, seed: int, width: int = 40, latent: int = 40,
           shuffle_targets: bool = False) -> DeepONet:
-    """Full-batch Adam on the mean squared error. ``shuffle_targets`` pairs each input with
+    """Full-batch Adam (the fused kernel) on the mean squared error. ``shuffle_targets`` pairs each input with
     another function's output (the negative control: no operator links them)."""
     _checks.positive_int("steps", steps)
     _checks.positive("lr", lr)
@@ -110,7 +122,7 @@ def train(data: OperatorData, *, steps: int, lr: float, seed: int, width: int = 
     targets = data.targets
     if shuffle_targets:
         targets = targets[torch.randperm(targets.shape[0], generator=torch.Generator().manual_seed(seed))]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # fused: a quarter less time on a CPU
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         opt.zero_grad()
