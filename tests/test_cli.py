@@ -102,3 +102,17 @@ def test_plain_papermill_runs_a_chapter_and_results_can_be_saved(tmp_path):
     root = tmp_path / "book"
     dest = cli.save_results(root, tmp_path / "metrics", [FIRST])
     assert dest.parent == root / "results" and (dest / f"{FIRST.slug}.json").exists()
+
+
+def test_staged_chapter_hides_the_injected_parameters_cell(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("seed = 0", metadata={"tags": ["parameters", "hide-input"]}),
+        nbformat.v4.new_code_cell("seed = 1", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print(seed)")])
+    src, dst = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    nbformat.write(nb, src)
+    cli._copy_hiding_injected_parameters(src, dst)
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(dst, as_version=4).cells]
+    assert tags == [["parameters", "hide-input"], ["injected-parameters", "hide-input"], []]

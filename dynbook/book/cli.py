@@ -238,7 +238,7 @@ def stage_book(root: Path, executed_dir: Path, metrics_dir: Path, stage: Path) -
         src = executed_dir / f"{ch.slug}.ipynb"
         if not src.exists():
             raise CliError(f"chapter {ch.slug} has no executed notebook at {src}: run `dynbook run {ch.number}`")
-        shutil.copy2(src, stage / "notebooks" / src.name)
+        _copy_hiding_injected_parameters(src, stage / "notebooks" / src.name)
         mpath = metrics_dir / f"{ch.slug}.json"
         if mpath.exists():
             metrics.append(json.loads(mpath.read_text()))
@@ -247,6 +247,20 @@ def stage_book(root: Path, executed_dir: Path, metrics_dir: Path, stage: Path) -
     if LEDGER_MARK in text:
         claims.write_text(text.replace(LEDGER_MARK, claims_ledger(metrics, titles)))
     return stage
+
+
+def _copy_hiding_injected_parameters(src: Path, dst: Path) -> None:
+    """Copy an executed chapter; the cell papermill injected with the run's parameters gets
+    ``hide-input`` like the parameters cell it overrides (the page shows the rendered
+    parameter table instead)."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-input"]
+    nbformat.write(nb, dst)
 
 
 def build_html(stage: Path, out: Path) -> Path:
