@@ -50,6 +50,7 @@ def test_unknown_parameter_fails_before_a_kernel_starts(capsys, tmp_path):
     assert not (tmp_path / "executed").exists()
 
 
+@pytest.mark.slow
 def test_bad_value_fails_in_the_validation_cell_and_names_it(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dynbook.book.cli", "run", str(FIRST.number), "-p", "seed=-1",
                            "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
@@ -60,6 +61,7 @@ def test_bad_value_fails_in_the_validation_cell_and_names_it(tmp_path):
     assert not data.exists(), "nothing may be recorded before the parameters are valid"
 
 
+@pytest.mark.slow
 def test_plain_papermill_validates_unknown_names_too(tmp_path):
     out = tmp_path / "out.ipynb"
     proc = subprocess.run([sys.executable, "-m", "papermill", str(FIRST.notebook), str(out),

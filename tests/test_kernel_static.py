@@ -108,6 +108,7 @@ def test_bf16_on_sm75_falls_back():
     assert scan.triton_supports(torch.bfloat16, (9, 0)) is True
 
 
+@pytest.mark.slow
 @needs_triton
 def test_live_compile_matches_the_table():
     """Compile the headline forward of selective_scan for sm_90 now (a fresh process without

@@ -10,6 +10,9 @@ import torch
 
 from dynbook.sync import processes
 
+# every test here starts worker processes: in make test, not in make test-fast
+pytestmark = pytest.mark.slow
+
 
 # ----------------------------------------------------------------------------- workers used below
 # (module level: spawned children import them from here)

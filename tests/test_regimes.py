@@ -148,6 +148,7 @@ def test_hogwild_learns_without_collectives(launched):
     assert processes.live_workers() == []
 
 
+@pytest.mark.slow
 def test_torchrun_entry_point():
     """The chapter's "across machines" command, on one machine (--standalone rendezvous)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -271,6 +272,7 @@ def test_jitter_alone_and_hogwild_budget_on_worker_processes(launched):
 # ----------------------------------------------------------------------------- the chapter's study
 
 
+@pytest.mark.slow
 def test_sync_study_runs_every_regime_and_its_analyses_follow_the_runs():
     import matplotlib
 

@@ -460,6 +460,7 @@ def test_copying_experiment_trains_both_models_per_seed():
         ssm.copying_experiment(cfg, seeds=[])
 
 
+@pytest.mark.slow
 def test_copying_experiment_in_two_processes_gives_the_same_numbers():
     cfg = ssm.CopyingConfig(n_tokens=2, length=6, vocab=3, d_model=8, d_state=2, n_layers=1, batch=4,
                             steps=3, eval_batch=16)
