@@ -145,11 +145,6 @@ def problem(batch, d, h, device, seed=0):
     return rk4_mlp_inputs(batch, d, h, seed=seed, device=device)
 
 
-def rel_err(out, args, n_steps):
-    """Relative max error against classical RK4 in float64 (``rk4.float64_error``)."""
-    return float64_error(out, args, n_steps=n_steps)
-
-
 def timed(fn, device, min_run_time):
     with torch.no_grad():
         return time_it(fn, device=device, min_run_time=min_run_time)
@@ -171,7 +166,7 @@ def headline(case, device, min_run_time, rec):
                          "unavailable": {k: v for k, v in extra.items() if isinstance(v, str)}})
     for name, fn in runners.items():  # checked against float64 before it is timed
         with torch.no_grad():
-            rec.set(f"headline.rel_err_vs_float64.{name}", rel_err(fn(), args, n))
+            rec.set(f"headline.rel_err_vs_float64.{name}", float64_error(fn(), args, n_steps=n))
         rec.set(f"headline.seconds.{name}", timed(fn, device, min_run_time))
         print(f"  {name}: {rec.get(f'headline.seconds.{name}') * 1e3:.4g} ms", flush=True)
     if device == "cuda":
@@ -180,7 +175,7 @@ def headline(case, device, min_run_time, rec):
         rec.set("headline.seconds.triton_kernel", _cli.kernel_seconds(bare, device))
     else:  # the interpreter (slow): correctness only, on a few rows
         few = [args[0][:9], *args[1:]]
-        rec.set("headline.rel_err_vs_float64.triton_interpreter", rel_err(rk4_mlp(*few, n_steps=n, impl="triton"), few, n))
+        rec.set("headline.rel_err_vs_float64.triton_interpreter", float64_error(rk4_mlp(*few, n_steps=n, impl="triton"), few, n_steps=n))
     out = rec.get("headline")
     seconds = out["seconds"]
     out["correct"] = all(e < 1e-4 for e in out["rel_err_vs_float64"].values())
@@ -225,7 +220,7 @@ def config_sweep(case, device, min_run_time):
             cfg = {**base, "rows": rows, "num_warps": w}
             fn = lambda: rk4_mlp(*args, n_steps=case["n_steps"], impl="triton", config=cfg)  # noqa: E731
             with torch.no_grad():
-                err = rel_err(fn(), args, case["n_steps"])
+                err = float64_error(fn(), args, n_steps=case["n_steps"])
             row = {"config": cfg, "rel_err_vs_float64": err, "correct": err < 1e-4}
             if device == "cuda":
                 row["seconds"] = timed(fn, device, min_run_time)
@@ -253,7 +248,7 @@ def sweep(name, values, case, device, peak, min_run_time, baselines):
                 row["fraction_of_fp32_peak"][impl] = flops / s / peak["flops"]
         if device == "cuda":
             with torch.no_grad():
-                row["rel_err_vs_float64"] = rel_err(runners["triton"](), args, c["n_steps"])
+                row["rel_err_vs_float64"] = float64_error(runners["triton"](), args, n_steps=c["n_steps"])
         out.append(row)
         print(f"  {name}={v}: " + ", ".join(f"{k} {s * 1e3:.3g} ms" for k, s in row["seconds"].items()),
               flush=True)

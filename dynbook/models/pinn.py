@@ -39,6 +39,7 @@ import torch
 from torch.func import grad, jvp, vmap
 
 from dynbook import _checks
+from dynbook.measure import fits
 
 DTYPE = torch.float64
 
@@ -286,7 +287,7 @@ def relative_error(net: TanhMLP, theta: torch.Tensor, problem: Poisson, x: torch
     with torch.no_grad():
         u = trial(net, theta, problem, x)
         ref = problem.solution(x)
-    return float((u - ref).norm() / ref.norm())
+    return fits.relative_error(u, ref, norm="fro")
 
 
 # ----------------------------------------------------------------------------- training
