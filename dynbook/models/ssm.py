@@ -39,6 +39,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
@@ -263,19 +264,28 @@ def train_copying(config: CopyingConfig, *, selective: bool, seed: int = 0, devi
     model = SequenceModel(config.vocab_size, config.d_model, config.d_state, config.n_layers,
                           selective=selective, d_conv=config.d_conv, impl=impl).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
-    losses = []
-    for _ in range(config.steps):
+
+    def loss_at(_):
         tokens, targets = selective_copying(config.batch, n_tokens=config.n_tokens, length=config.length,
                                             vocab=config.vocab, generator=g)
         logits = model(tokens.to(device))[:, config.length:]
-        loss = F.cross_entropy(logits.reshape(-1, config.vocab_size), targets.to(device).reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, config.vocab_size), targets.to(device).reshape(-1))
+
+    return model, _fit(opt, config.steps, loss_at)
+
+
+def _fit(opt: torch.optim.Optimizer, steps: int, loss_at: Callable[[int], torch.Tensor]) -> list[float]:
+    """``steps`` steps of ``opt`` on ``loss_at(i)`` under a cosine learning-rate schedule; the losses."""
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    for i in range(steps):
+        loss = loss_at(i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
-    return model, losses
+    return losses
 
 
 @torch.no_grad()
@@ -345,17 +355,12 @@ def train_delay(task: DelayTask, *, step: float, steps: int, batch: int = 32, lr
     torch.manual_seed(seed)
     model = DelayNet(d_model, d_state).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
-    for i in range(steps):
+
+    def loss_at(i):
         u, y, mask = (x.to(device) for x in task.sample(batch, step, seed=stream_seed(seed, f"delay/train/{i}")))
-        loss = ((model(u) - y)[:, mask] ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return model, losses
+        return ((model(u) - y)[:, mask] ** 2).mean()
+
+    return model, _fit(opt, steps, loss_at)
 
 
 @torch.no_grad()
