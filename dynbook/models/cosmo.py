@@ -534,7 +534,7 @@ def mode_analysis(run: dict, lr, momentum, n_steps, *, control_kernel_scale=0.1)
 
 # ----------------------------------------------------------------------------- the chapter's studies
 #
-# Each study is one call of chapter 09_cosmology_duality: it trains or integrates what one claim
+# Each study is one call of chapter cosmology_duality: it trains or integrates what one claim
 # (or a few) needs and returns a dict with the data, ``metrics`` (name → the keyword arguments
 # of ``dynbook.record``) and ``evidence`` (claim id → the line its verdict shows). The chapter
 # records, decides, plots and tells.
@@ -547,7 +547,7 @@ def _metric(value, unit="", claim=None, labels=None):
 
 
 def choices(run) -> list:
-    """The table of choices of chapter 07 (rows [choice, value]) from its parameters ``run``
+    """The table of choices of the cosmology chapter (rows [choice, value]) from its parameters ``run``
     (a :class:`dynbook.Run` with resolved profile defaults)."""
     p = run
     fit_lrs = sorted(set(p.fit_learning_rates) | {p.learning_rate})
