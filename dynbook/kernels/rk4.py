@@ -251,6 +251,8 @@ def pick_config(batch: int, d: int, h: int, *, n_sm: int = 132) -> dict:
         rows //= 2
     tile = rows * block_d * block_h
     num_warps = min(8, max(1, _next_pow2(tile // 512)))
+    if (rows, block_d, block_h) in _FWD_FOUR_WARPS:
+        num_warps = 4
     return {"rows": rows, "block_d": block_d, "block_h": block_h, "num_warps": num_warps}
 
 
@@ -260,17 +262,26 @@ def backward_config(config: dict) -> dict:
     The backward holds about three times the forward's live tiles (the stage inputs, the
     adjoint and four weight-gradient accumulators). At the forward's warps it runs out of
     registers and spills (rows = 16, 4 warps: 255 registers and 52 B spilled, as the issue
-    found); compiled for sm_90 every choosable tile fits without spills at 8 warps (see
-    ``dynbook.kernels.static``), so the backward always takes 8 warps and at most
-    ``_BWD_TILE_BUDGET`` elements of the (rows, BLOCK_D, BLOCK_H) product per program."""
+    found). Compiled for sm_90 over every tile it can be given (``dynbook.kernels.static``;
+    rows × BLOCK_D × BLOCK_H up to 4096, at 2, 4 and 8 warps), 8 warps still spill 12–48 B at
+    4096 elements; at ≤ ``_BWD_TILE_BUDGET`` = 2048 they fit except for the few tiles in
+    ``_BWD_FOUR_WARPS``, where ptxas spills 4–8 B at 8 warps and none at 4. So the backward
+    takes at most 2048 elements per program, at 8 warps or, for those tiles, 4."""
     rows = config["rows"]
     while rows > 1 and rows * config["block_d"] * config["block_h"] > _BWD_TILE_BUDGET:
         rows //= 2
-    return {**config, "rows": rows, "num_warps": 8}
+    warps = 4 if (rows, config["block_d"], config["block_h"]) in _BWD_FOUR_WARPS else 8
+    return {**config, "rows": rows, "num_warps": warps}
 
 
 #: Elements of the (rows, BLOCK_D, BLOCK_H) product one backward program may hold.
-_BWD_TILE_BUDGET = 4096
+_BWD_TILE_BUDGET = 2048
+#: (rows, BLOCK_D, BLOCK_H) tiles whose backward spills at 8 warps but not at 4 (sm_90, ptxas
+#: of Triton 3.x; measured by compiling every tile, see ``backward_config``).
+_BWD_FOUR_WARPS = frozenset({(1, 8, 256), (2, 2, 256), (2, 8, 128), (2, 16, 64), (4, 8, 16)})
+#: Forward tiles that spill at the 8 warps their size asks for (8 B without the trajectory
+#: store, sm_90) and fit at 4 warps (128 registers, no spill).
+_FWD_FOUR_WARPS = frozenset({(2, 8, 256)})
 
 
 def _kernel(name: str, device: torch.device):

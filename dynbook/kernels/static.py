@@ -73,9 +73,9 @@ def _ptr(dtype):
 
 def choosable_launches() -> list[Launch]:
     """Every configuration the autotuners or ``pick_config``/``ssm_backward_config`` can choose
-    for the scans (fp32; states n = 16 and n = 64), the rk4 configurations of the headline
-    family (d = 2, h = 64, every rows ``pick_config`` can pick) and the corners of its range,
-    and one bf16 launch per scan. ``meta["all_archs"]`` marks the launches compiled for sm_80
+    for the scans (fp32; states n = 16 and n = 64), every rk4 configuration ``pick_config``
+    can pick over its whole range (:func:`dynbook.kernels.rk4.choosable_configs`), and one bf16
+    launch per scan. ``meta["all_archs"]`` marks the launches compiled for sm_80
     and sm_75 too (the headline choices and the bf16 ones); the rest are compiled for sm_90."""
     import torch
     import triton.language as tl
@@ -111,11 +111,6 @@ def choosable_launches() -> list[Launch]:
             out.append(lc)
     head = rk4.pick_config(1024, 2, 64)
     for cfg in rk4.choosable_configs():
-        corner = (cfg["block_d"], cfg["block_h"]) in ((16, 256), (16, 16), (2, 256), (2, 16))
-        family = (cfg["block_d"], cfg["block_h"]) == (2, 64)
-        if not (family or (corner and cfg["rows"] in (1, max(c["rows"] for c in rk4.choosable_configs()
-                                                              if (c["block_d"], c["block_h"]) == (cfg["block_d"], cfg["block_h"]))))):
-            continue
         for lc in rk4.static_launches(cfg):
             lc.meta["all_archs"] = cfg == head
             out.append(lc)
