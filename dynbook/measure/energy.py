@@ -515,6 +515,8 @@ HOROWITZ_45NM_PJ = {
     "fp32_mult": 3.7,
     "fp16_add": 0.4,
     "fp16_mult": 1.1,
+    "int8_add": 0.03,
+    "int8_mult": 0.2,
     "int32_add": 0.1,
     "int32_mult": 3.1,
     "sram_read_64bit_8kb": 10.0,
