@@ -56,6 +56,9 @@ def hardware(device: str = "cpu") -> dict:
 
     info = {
         "cpu": _cpu_name(),
+        # the vector ISA torch's CPU kernels dispatch to (AVX2, AVX512, …): results in the
+        # last bits depend on it, and on the CPU model's libraries' code paths
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
