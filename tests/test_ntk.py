@@ -1,5 +1,6 @@
 """dynbook.models.ntk: the empirical NTK against explicit Jacobians, the standard
-parametrization against autograd on its own weights, and the Θ_0 factor study."""
+parametrization against autograd on its own weights, the Θ_0 factor study, and the closed-form
+infinite-width kernels (arc-cosine, arcsine) against Monte Carlo and wide networks."""
 
 import math
 
@@ -168,3 +169,28 @@ def test_theta0_study_is_the_grid_of_its_generators_and_ranks_the_factors():
     assert all(v < 0 for v in study["width_lead"]["ntk"])
     assert study["wins"].shape == (2, 2, 2, 2)
     torch.testing.assert_close(study["wins"], (study["ntk"][1] > study["ntk"][0]).double())
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf"])
+def test_gauss_expectations_match_monte_carlo(activation):
+    g = torch.Generator().manual_seed(0)
+    s11, s22, s12 = 1.3, 0.7, 0.5
+    k, kdot = ntk.gauss_expectations(activation, *(torch.tensor(v, dtype=F64)
+                                                   for v in (s11, s22, s12)))
+    mk, mkdot = ntk.monte_carlo_expectations(activation, s11, s22, s12, n=400_000, generator=g)
+    assert abs(k.item() - mk) < 0.01 and abs(kdot.item() - mkdot) < 0.01
+
+
+def test_infinite_ntk_is_the_mean_of_wide_networks():
+    a = torch.arange(4, dtype=F64) * math.pi / 2 + 0.3
+    x = torch.stack([torch.cos(a), torch.sin(a)], dim=1)
+    cfg = ntk.MLPConfig(width=4096, depth=1, activation="relu", d_in=2)
+    params = ntk.init_params(cfg, 8, generator=torch.Generator().manual_seed(1))
+    mean = ntk.ensemble_ntk(cfg, params, x).mean(0)
+    limit = ntk.infinite_ntk(x, activation="relu")
+    assert (mean - limit).norm() / limit.norm() < 0.02
+
+
+def test_infinite_ntk_rejects_an_activation_without_closed_form():
+    with pytest.raises(ValueError, match="activation"):
+        ntk.gauss_expectations("tanh", 1, 1, 0)

@@ -7,7 +7,8 @@ Glossary (code name → symbol):
 ===================  ========================================================================
 ``lr``               η, the step size; one step is η units of flow time
 ``ntk``              Θ(x, x') = ∇_θ f(x)·∇_θ f(x') (:func:`dynbook.models.ntk.empirical_ntk`)
-``infinite_ntk``     Θ_∞, the width → ∞ limit of a one-hidden-layer network (closed form)
+``infinite_ntk``     Θ_∞, the width → ∞ limit of a one-hidden-layer network (closed form,
+                     :func:`dynbook.models.ntk.infinite_ntk`)
 ``parametrization``  "ntk": f = n^{-1/2} Σ v_j φ(·); "mean_field": f = n^{-1} Σ v_j φ(·)
 ``temperature``      η/B, step size over batch size
 ``sharpness``        λ_max of the Hessian of the loss, by power iteration on Hessian–vector
@@ -32,6 +33,7 @@ from torch.func import grad, jvp, vmap
 from dynbook import _checks
 from dynbook.measure import fits
 from dynbook.models import ntk as ntk_mod
+from dynbook.models.ntk import infinite_ntk
 from dynbook.models.heavy_ball import heavy_ball_flat
 
 PARAMETRIZATIONS = {"ntk": 0.5, "mean_field": 1.0}  # the exponent a of f = n^{-a} Σ v_j φ
@@ -65,48 +67,6 @@ def gd_flow_gap(loss: Callable, theta0: torch.Tensor, *, lrs, t_end: float) -> d
 
 
 # ----------------------------------------------------------------------------- the NTK
-
-
-def gauss_expectations(activation: str, s11, s22, s12):
-    """E[φ(u)φ(v)] and E[φ'(u)φ'(v)] for (u, v) ~ N(0, [[s11, s12], [s12, s22]]), closed form:
-    the arc-cosine kernels of order 1 and 0 for ReLU, Williams' arcsine kernel for erf.
-    TODO move to ntk."""
-    _checks.one_of("activation", activation, ("relu", "erf"))
-    if activation == "relu":
-        norm = torch.sqrt(s11 * s22)
-        cos = torch.clamp(s12 / norm, -1.0, 1.0)
-        th = torch.arccos(cos)
-        k1 = norm / (2 * math.pi) * (torch.sin(th) + (math.pi - th) * cos)
-        return k1, (math.pi - th) / (2 * math.pi)
-    k = 2 / math.pi * torch.arcsin(2 * s12 / torch.sqrt((1 + 2 * s11) * (1 + 2 * s22)))
-    det = (1 + 2 * s11) * (1 + 2 * s22) - 4 * s12 ** 2
-    return k, 4 / math.pi / torch.sqrt(det)
-
-
-def infinite_ntk(x1: torch.Tensor, x2: torch.Tensor | None = None, *, activation: str = "relu",
-                 weight_std: float = 1.0, bias_std: float = 0.1) -> torch.Tensor:
-    """Θ_∞(x1, x2) of a one-hidden-layer network in the NTK parametrization of
-    :func:`dynbook.models.ntk.mlp` (depth 1): with Σ = σ_w² x·x'/d + σ_b²,
-    Θ_∞ = σ_w² E[φφ] + σ_b² + σ_w² E[φ'φ'] Σ. x: (N, d) → (N1, N2). TODO move to ntk."""
-    x2 = x1 if x2 is None else x2
-    d = x1.shape[1]
-    sig = lambda a, b: weight_std ** 2 * a @ b.T / d + bias_std ** 2  # noqa: E731
-    s12 = sig(x1, x2)
-    s11 = torch.diagonal(sig(x1, x1))[:, None].expand_as(s12)
-    s22 = torch.diagonal(sig(x2, x2))[None, :].expand_as(s12)
-    k, kdot = gauss_expectations(activation, s11, s22, s12)
-    return weight_std ** 2 * k + bias_std ** 2 + weight_std ** 2 * kdot * s12
-
-
-def monte_carlo_expectations(activation: str, s11: float, s22: float, s12: float, *,
-                             n: int, generator=None):
-    """Monte Carlo estimates of :func:`gauss_expectations` (for the tests)."""
-    cov = torch.tensor([[s11, s12], [s12, s22]], dtype=torch.float64)
-    z = torch.randn(n, 2, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
-    if activation == "relu":
-        return (torch.relu(z).prod(1)).mean().item(), ((z > 0).all(1).double()).mean().item()
-    dphi = 2 / math.sqrt(math.pi) * torch.exp(-z ** 2)
-    return torch.erf(z).prod(1).mean().item(), dphi.prod(1).mean().item()
 
 
 def circle_inputs(n: int) -> torch.Tensor:
@@ -279,6 +239,22 @@ def eigen_rates(run: dict, *, n_modes: int, floor: float = 0.05,
             "log_ratio": log_ratio.tolist(), "share": share}
 
 
+def eigen_rate_study(study: dict, widths, *, n_modes: int) -> dict:
+    """:func:`eigen_rates` of every run of a :func:`width_study`, per parametrization:
+    ``error`` (per width) the median over seeds of ``log_ratio``, its fitted ``exponent`` in
+    the width, and ``widest``, the widest run's :func:`eigen_rates`. In the NTK parametrization
+    the kernel moves by O(n^{-1/2}) of itself (or less) over training and an eigenvalue by at
+    most the kernel's movement (Weyl), so the error falls at least as n^{-1/2}; in the
+    mean-field parametrization the kernel moves by O(1)."""
+    out = {}
+    for par, r in study.items():
+        rates = [eigen_rates(run, n_modes=n_modes) for run in r["runs"]]
+        error = [float(np.median(v["log_ratio"])) for v in rates]
+        out[par] = {"error": error, "exponent": fits.loglog_slope(widths, error),
+                    "widest": rates[-1]}
+    return out
+
+
 # ----------------------------------------------------------------------------- SGD as an SDE
 
 
@@ -307,6 +283,25 @@ def ou_excess_loss(H: torch.Tensor, C: torch.Tensor, temperature: float) -> floa
     _checks.positive("temperature", temperature)
     s = solve_continuous_lyapunov(H.numpy(), temperature * C.numpy())
     return 0.5 * float(np.trace(H.numpy() @ s))
+
+
+def ou_tolerance(lrs, batches, *, n_features: int, n_data: int,
+                 variance_max: float = 2.0) -> float:
+    """How far SGD's stationary excess loss may lie from the OU prediction on a sweep, from the
+    terms the OU limit drops. For Gaussian inputs the stationary second moment S of SGD (batches
+    with replacement) solves exactly HS + SH = ηHSH + (η/B)(HSH + tr(HS)H) + (η/B)C (Isserlis:
+    E[xxᵀSxxᵀ] = 2HSH + tr(HS)H); the OU keeps the last term. Relative to HS the dropped terms
+    are at most x = ηλ_max(½ + (d + 1)/(2B)) (in 1-D the exact answer is the OU one over 1 − x),
+    so the ratio lies within 1/(1 − x) − 1 of 1 at the worst (η, B) of the sweep. λ_max(H) is
+    bounded by the largest feature variance times the Marchenko–Pastur edge (1 + √(d/N))²."""
+    _checks.positive_int("n_features", n_features)
+    _checks.positive_int("n_data", n_data)
+    lam = variance_max * (1 + math.sqrt(n_features / n_data)) ** 2
+    x = max(lr * lam * (0.5 + (n_features + 1) / (2 * b)) for lr in lrs for b in batches)
+    if x >= 1:
+        raise ValueError(f"lrs={list(lrs)!r} with batches={list(batches)!r} are not allowed: the "
+                         f"OU corrections reach {x:.2f} ≥ 1 (far from the continuous limit)")
+    return x / (1 - x)
 
 
 def sgd_excess_loss(pb: dict, *, lr: float, batch: int, n_chains: int, n_steps: int,
@@ -442,9 +437,8 @@ def eos_run(*, lr: float, n_steps: int, seed: int, every: int = 50, widths=(2, 3
 
 
 __all__ = [
-    "PARAMETRIZATIONS", "ACTIVATIONS", "gradient_flow", "gd_flow_gap", "gauss_expectations",
-    "infinite_ntk", "monte_carlo_expectations", "circle_inputs", "ntk_width_study",
-    "two_layer", "lazy_training", "width_study", "eigen_rates", "regression_problem",
-    "ou_excess_loss", "sgd_excess_loss", "ou_study", "hvp", "sharpness", "mlp_loss",
-    "edge_of_stability", "eos_run",
+    "PARAMETRIZATIONS", "ACTIVATIONS", "gradient_flow", "gd_flow_gap", "circle_inputs",
+    "ntk_width_study", "two_layer", "lazy_training", "width_study", "eigen_rates",
+    "eigen_rate_study", "regression_problem", "ou_tolerance", "ou_excess_loss",
+    "sgd_excess_loss", "ou_study", "hvp", "sharpness", "mlp_loss", "edge_of_stability", "eos_run",
 ]

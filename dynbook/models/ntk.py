@@ -8,6 +8,8 @@ Glossary (code name → symbol):
 ``params``         θ, a dict of tensors (one network) or of stacked tensors (an ensemble, (B, …))
 ``mlp``            f(θ, x): the network output, x: (N, d_in) → (N,)
 ``empirical_ntk``  Θ(x, x') = ∇_θ f(x) · ∇_θ f(x'), (N1, N2)
+``infinite_ntk``   Θ_∞, its width → ∞ limit for one hidden layer: the arc-cosine (ReLU) and
+                   arcsine (erf) kernels in closed form
 ``weight_std``     σ_w, the forward-pass scale of the weights ("init std");  ``bias_std``: σ_b
 =================  ==========================================================================
 
@@ -273,8 +275,53 @@ def theta0_study(widths, depths, activations, weight_stds, n_seeds: int, *, x0: 
             "narrow_stds": list(narrow_stds)}
 
 
+# ------------------------------------------------------------------------ the infinite-width limit
+
+
+def gauss_expectations(activation: str, s11, s22, s12):
+    """E[φ(u)φ(v)] and E[φ'(u)φ'(v)] for (u, v) ~ N(0, [[s11, s12], [s12, s22]]), closed form:
+    the arc-cosine kernels of order 1 and 0 for ReLU, Williams' arcsine kernel for erf."""
+    _checks.one_of("activation", activation, ("relu", "erf"))
+    if activation == "relu":
+        norm = torch.sqrt(s11 * s22)
+        cos = torch.clamp(s12 / norm, -1.0, 1.0)
+        th = torch.arccos(cos)
+        k1 = norm / (2 * math.pi) * (torch.sin(th) + (math.pi - th) * cos)
+        return k1, (math.pi - th) / (2 * math.pi)
+    k = 2 / math.pi * torch.arcsin(2 * s12 / torch.sqrt((1 + 2 * s11) * (1 + 2 * s22)))
+    det = (1 + 2 * s11) * (1 + 2 * s22) - 4 * s12 ** 2
+    return k, 4 / math.pi / torch.sqrt(det)
+
+
+def infinite_ntk(x1: torch.Tensor, x2: torch.Tensor | None = None, *, activation: str = "relu",
+                 weight_std: float = 1.0, bias_std: float = 0.1) -> torch.Tensor:
+    """Θ_∞(x1, x2) of a one-hidden-layer network in the NTK parametrization of
+    :func:`mlp` (depth 1): with Σ = σ_w² x·x'/d + σ_b²,
+    Θ_∞ = σ_w² E[φφ] + σ_b² + σ_w² E[φ'φ'] Σ. x: (N, d) → (N1, N2)."""
+    x2 = x1 if x2 is None else x2
+    d = x1.shape[1]
+    sig = lambda a, b: weight_std ** 2 * a @ b.T / d + bias_std ** 2  # noqa: E731
+    s12 = sig(x1, x2)
+    s11 = torch.diagonal(sig(x1, x1))[:, None].expand_as(s12)
+    s22 = torch.diagonal(sig(x2, x2))[None, :].expand_as(s12)
+    k, kdot = gauss_expectations(activation, s11, s22, s12)
+    return weight_std ** 2 * k + bias_std ** 2 + weight_std ** 2 * kdot * s12
+
+
+def monte_carlo_expectations(activation: str, s11: float, s22: float, s12: float, *,
+                             n: int, generator=None):
+    """Monte Carlo estimates of :func:`gauss_expectations` (for the tests)."""
+    cov = torch.tensor([[s11, s12], [s12, s22]], dtype=torch.float64)
+    z = torch.randn(n, 2, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    if activation == "relu":
+        return (torch.relu(z).prod(1)).mean().item(), ((z > 0).all(1).double()).mean().item()
+    dphi = 2 / math.sqrt(math.pi) * torch.exp(-z ** 2)
+    return torch.erf(z).prod(1).mean().item(), dphi.prod(1).mean().item()
+
+
 __all__ = [
     "ACTIVATIONS", "MLPConfig", "experiment_generator", "init_params", "mlp", "network",
     "empirical_ntk", "ensemble_ntk", "ntk_grid", "PARAMETRIZATIONS", "ensemble_ntk0_parts",
-    "standard_ntk0", "factor_effects", "theta0_study",
+    "standard_ntk0", "factor_effects", "theta0_study", "gauss_expectations", "infinite_ntk",
+    "monte_carlo_expectations",
 ]
