@@ -6,7 +6,7 @@ import json
 import pytest
 
 import dynbook
-from dynbook.book import claims, record as metrics
+from dynbook.book import claims, cli, record as metrics
 from dynbook.book.stats import Estimate, exact
 
 
@@ -111,3 +111,21 @@ def test_summary_refuses_undecided_claims(rec):
         dynbook.summary()
     dynbook.decide("C2", exact(1.0), exact(0.5))
     assert "not supported" in dynbook.summary().data
+
+
+@pytest.mark.parametrize("chapter", [c.slug for c in cli.chapters()])
+def test_every_chapters_declared_claims_parse(chapter):
+    """Each chapter of the book has its claims file, valid YAML, with every claim's source,
+    statement, quantity, one rule, a negative control and a sentence per outcome; a YAML slip
+    (an unquoted ": " in a text) fails here, not minutes into a chapter run."""
+    import yaml
+
+    from dynbook.book.claims import declared_path
+
+    path = declared_path(chapter)
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict) and data, f"{path.name}: no claims"
+    for cid, d in data.items():
+        assert {"source", "statement", "quantity", "rule", "control", "says"} <= set(d), (cid, sorted(d))
+        assert len({"at_least", "at_most", "within"} & set(d["rule"])) == 1, (cid, d["rule"])
+        assert {"supported", "not supported", "inconclusive"} <= set(d["says"]), (cid, sorted(d["says"]))
