@@ -53,3 +53,10 @@ def test_install_cell_uses_the_book_repository(md):
     first = next(c for c in jupytext.read(md).cells if c.cell_type == "code")
     assert "remove-cell" in first.metadata.get("tags", [])
     assert "except ImportError" in first.source and f'"dynbook @ git+{url}"' in first.source
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=lambda p: p.stem)
+def test_no_chapter_repeats_the_bibliography(md):
+    """The book lists its references once (book/references.md); a chapter's own
+    ``{bibliography}`` block would define every cited key a second time (-W build fails)."""
+    assert "{bibliography}" not in md.read_text(), f"{md.name}: cite inline; the references page lists them"

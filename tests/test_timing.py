@@ -87,3 +87,15 @@ def test_saved_tensor_bytes_counts_activations_exactly():
     with measure.SavedTensorBytes() as s:
         torch.relu(lin(x)).sum()
     assert s.bytes == 4 * (5 * 8 + 8 * 8 + 5 * 8)  # now the weight is kept for x's gradient
+
+
+def test_steady_allocator_takes_effect_once_and_for_all():
+    """On glibc (this machine) mallopt accepts both settings; calling again is a no-op."""
+    import platform
+
+    from dynbook.measure.timing import steady_allocator
+
+    took = steady_allocator()
+    assert took is steady_allocator()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert took is True

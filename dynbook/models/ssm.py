@@ -492,6 +492,9 @@ def interleaved_seconds(fns: dict, *, repeats: int, device: str = "cpu", min_tim
     readings is what the intervals built on them report."""
     if repeats < 1 or min_time <= 0:
         raise ValueError(f"repeats = {repeats!r}, min_time = {min_time!r}: expected repeats >= 1 and min_time > 0")
+    from dynbook.measure.timing import steady_allocator
+
+    steady_allocator()  # the scans allocate large temporaries: keep the allocator out of the readings
     names = list(fns)
     calls = {}
     for name in names:
