@@ -161,8 +161,10 @@ def test_argument_validation_names_the_parameter(call, match):
 
 
 def test_cross_system_runs_and_reports_units():
-    cs = ch.cross_system(["Lorenz", "SprottB"], [0], n=20, rho=0.5, n_train=300, n_tests=2, warmup=20,
+    cs = ch.cross_system(["Lorenz", "SprottB"], [0, 1], n=20, rho=0.5, n_train=300, n_tests=2, warmup=20,
                          horizon=40, transient_periods=2.0)
     assert cs["names"] == ["Lorenz", "SprottB"] and cs["skipped"] == []
     np.testing.assert_allclose(cs["vpt_periods"] * cs["lam_period"], cs["vpt_lyapunov"])
+    for est, v in zip(cs["vpt_interval"], cs["vpt_lyapunov"]):  # the seeds' interval around each mean
+        assert est.value == pytest.approx(v) and est.lo <= v <= est.hi and est.n == 2
     assert np.all(cs["vpt_lyapunov"] <= 40 * cs["lam_period"] / 30 + 1e-12)  # censored at the horizon

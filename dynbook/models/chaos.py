@@ -671,9 +671,14 @@ def cross_system(names: Sequence[str], seeds: Sequence[int], *, n: int, rho: flo
                  transient_periods: float = 10.0, seed: int = 0) -> dict:
     """Reservoir forecasts of each system: VPT in periods and in Lyapunov times (mean over
     seeds and test segments), published λ_max·period and correlation dimension, and the
-    one-step NRMSE. Returns arrays over the systems kept (``"names"``); a system whose RK4
-    integration diverges is listed in ``"skipped"``."""
+    one-step NRMSE. Returns arrays over the systems kept (``"names"``), and ``"vpt_interval"``:
+    per system, the VPT in Lyapunov times as an :class:`~dynbook.book.stats.Estimate` (t
+    interval over the seeds of the per-seed means); a system whose RK4 integration diverges
+    is listed in ``"skipped"``."""
+    from dynbook.book.stats import over_seeds
+
     rows = {k: [] for k in ("vpt_periods", "vpt_lyapunov", "lam_period", "corr_dim", "one_step")}
+    intervals = []
     kept, skipped = [], []
     for name in names:
         try:
@@ -686,12 +691,14 @@ def cross_system(names: Sequence[str], seeds: Sequence[int], *, n: int, rho: flo
         kept.append(name)
         st = esn_study(data, seeds, n=n, rho=rho)
         v = st["vpt"].mean()
+        intervals.append(over_seeds(st["vpt"].mean(1)))
         rows["vpt_lyapunov"].append(v)
         rows["vpt_periods"].append(v / (data.lam * data.period))
         rows["lam_period"].append(data.lam * data.period)
         rows["corr_dim"].append(published(name)["correlation_dimension"])
         rows["one_step"].append(float(st["one_step"].mean()))
-    return {"names": kept, "skipped": skipped, **{k: np.array(v) for k, v in rows.items()}}
+    return {"names": kept, "skipped": skipped, "vpt_interval": intervals,
+            **{k: np.array(v) for k, v in rows.items()}}
 
 
 def training_callables(data: ForecastData, cfg: TrainConfig, *, n: int, rho: float, seed: int = 0) -> dict:
