@@ -318,3 +318,29 @@ def num_threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextmanager
+def blas_threads(n: int = 1):
+    """Run numpy/scipy's BLAS and LAPACK on ``n`` threads inside the block (threadpoolctl;
+    without it the libraries keep their threads: slower on small problems, same numbers).
+    Small dense problems run faster on one thread, and on a machine shared with other
+    processes OpenBLAS's spinning threads made chapter 8's ρ sweep seven times slower in wall
+    time (16 s against 2.2 s)."""
+    from dynbook._checks import positive_int
+
+    positive_int("n", n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - installed with the book's dependencies
+        yield
+        return
+    with threadpool_limits(limits=n):
+        yield
+
+
+@contextmanager
+def single_threaded():
+    """PyTorch (:func:`num_threads`) and numpy's BLAS (:func:`blas_threads`) on one thread."""
+    with num_threads(1), blas_threads(1):
+        yield

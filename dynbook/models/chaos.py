@@ -27,7 +27,6 @@ learned systems' exponents (:func:`learned_lyapunov`) and runs the chapter's swe
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -38,31 +37,9 @@ import torch
 from torch import nn
 
 from dynbook import _checks
+from dynbook.measure.timing import single_threaded  # noqa: F401 - the chapter's `ch.single_threaded()`
 from dynbook.models.reservoir import (_memoryless_r2, _readout, autonomous_lyapunov, esn_forecast, esn_lyapunov,
                                       first_crossing, harvest, make_reservoirs, memory_capacity, train_readout)
-
-@contextlib.contextmanager
-def single_threaded():
-    """Run numpy's BLAS (through threadpoolctl, when installed) and torch on one thread.
-
-    The reservoirs here are ≤ 400 units: a second BLAS thread only adds synchronisation, and
-    on a machine shared with other processes OpenBLAS's spinning threads made the ρ sweep
-    seven times slower in wall time (measured: 16 s against 2.2 s)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # without it BLAS keeps its threads: slower, same numbers
-        threadpool_limits = None
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if threadpool_limits is None:
-            yield
-        else:
-            with threadpool_limits(limits=1):
-                yield
-    finally:
-        torch.set_num_threads(old)
-
 
 # ----------------------------------------------------------------------------- attractors
 

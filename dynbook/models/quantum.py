@@ -44,22 +44,10 @@ from scipy.optimize import least_squares
 
 from dynbook._checks import in_range, one_of, positive, positive_int
 from dynbook.book.stats import Estimate
+from dynbook.measure.timing import blas_threads  # noqa: F401 - also the chapter's `qm.blas_threads`
 
 SCHEMES = ("strang", "lie")
 
-
-def blas_threads(n: int = 1):
-    """A context that runs numpy/scipy's BLAS and LAPACK on ``n`` threads (threadpoolctl;
-    a no-op without it). Small dense problems run faster on one thread, and on a shared
-    machine one thread per side keeps a timing comparison fair and less noisy."""
-    positive_int("n", n)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's usual stacks
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n)
 
 # ----------------------------------------------------------------------------- matrix mechanics
 
