@@ -488,7 +488,8 @@ def gemm_timings(batches: Sequence[int], *, n: int = 512, k: int = 512, dtypes=(
                  int8: bool = True, readings: int = 3, min_seconds: float = 0.05, device: str = "cpu",
                  meter=None) -> dict:
     """Seconds per FLOP of ``(batch, k) @ (k, n)`` GEMMs in each dtype (and int8 through
-    ``torch._int_mm`` when it runs here, ``int8=True``), by
+    ``torch._int_mm`` when it runs here, ``int8=True``; below 32 rows it runs padded to 32, and
+    only the batch's own ``2·batch·n·k`` FLOPs count), by
     :func:`dynbook.measure.metered.metered` (interleaved readings; energy only where a counter
     can be read by ``meter``, an :class:`~dynbook.measure.energy.EnergyMeter`). Returns ``{(dtype, batch): Metered}`` and ``"int8_reason"`` when int8 is
     missing."""
@@ -509,7 +510,7 @@ def gemm_timings(batches: Sequence[int], *, n: int = 512, k: int = 512, dtypes=(
             try:
                 torch._int_mm(xi, wi)
                 fns[f"int8@{bsz}"] = (lambda xi=xi, wi=wi: torch._int_mm(xi, wi))
-                units[f"int8@{bsz}"] = 2.0 * rows * n * k
+                units[f"int8@{bsz}"] = 2.0 * bsz * n * k  # useful FLOPs: the padded rows are waste
             except (RuntimeError, AttributeError) as e:
                 reason = f"torch._int_mm unavailable: {e}"
     got = metered(fns, units=units, readings=readings, min_seconds=min_seconds, device=device, meter=meter)
