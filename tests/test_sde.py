@@ -46,21 +46,70 @@ def test_ou_paths_have_the_exact_transition_moments():
     assert float(p[-1].var()) == pytest.approx(var, rel=0.03)
 
 
-def test_neural_sde_fit_recovers_ou_and_not_the_double_well():
+def test_neural_sde_fit_through_torchsde_recovers_ou_and_not_the_double_well():
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     ou, dw = sdes.OU(2.0, 0.5, 0.5), sdes.DoubleWell(0.5)
     x0 = 3 * torch.rand(1, 128, generator=g, dtype=D) - 1
     paths = torch.cat([ou.paths(x0, 60, 0.02, g), dw.paths(x0, 60, 0.02, g, substeps=5)], 1)
-    model = sdes.NeuralSDE(2, 32, generator=g).double()
-    losses = sdes.fit_neural_sde(model, paths, dt=0.02, iterations=150, batch=1024, lr=2e-2, generator=g)
+    model = sdes.NeuralSDE(2, 32, generator=g)
+    losses = sdes.fit_neural_sde(model, paths.float(), dt=0.02, iterations=150, batch=256, replicas=16,
+                                 substeps=2, lr=2e-2, generator=g)
     assert losses[-1] < losses[0]
+    model = model.double()
     visited = paths.permute(1, 0, 2).reshape(2, -1)
     ef, eg = sdes.coefficient_errors(model, ou, visited)
     assert ef[0] < 0.3 and eg[0] < 0.1, (ef, eg)
     assert ef[1] > 0.6  # the control: fitted to other dynamics, it is not the OU drift
     x = sdes.simulate(model, torch.full((2 * 500, 1), 0.5, dtype=D), t1=2.0, n_steps=100)
     assert float(x[:500].std()) == pytest.approx(0.25, rel=0.2)  # σ/√(2θ)
+
+
+class _ScaledOU:
+    """OU drift with a free diffusion σ, as torchsde wants it (for the variance-correction test)."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, sigma):
+        self.ou = sdes.OU(2.0, 0.5, sigma)
+
+    def f(self, t, y):
+        return self.ou.drift(y)
+
+    def g(self, t, y):
+        return self.ou.diffusion(y)
+
+
+def test_simulated_transition_likelihood_tends_to_the_one_step_gaussian():
+    """At one Euler–Maruyama step the simulated transition is exactly N(x0 + fΔ, g²Δ): with many
+    replicas the torchsde estimate approaches the closed form."""
+    g = torch.Generator().manual_seed(3)
+    model = sdes.NeuralSDE(1, 8, generator=g).double()
+    x0 = torch.rand(1, 32, 1, generator=g, dtype=D)
+    x1 = x0 + 0.1 * torch.randn(1, 32, 1, generator=g, dtype=D)
+    exact = float(sdes.em_nll(model, x0, x1, dt=0.02).detach())
+    sim = float(sdes.transition_nll(model, x0, x1, dt=0.02, substeps=1, replicas=20000, bm_seed=1).detach())
+    assert sim == pytest.approx(exact, abs=0.02)
+    with pytest.raises(ValueError, match="replicas = 3"):
+        sdes.transition_nll(model, x0, x1, dt=0.02, substeps=1, replicas=3)
+
+
+def test_variance_correction_puts_the_likelihoods_minimum_at_the_true_diffusion():
+    """With R = 6 replicas the raw sample variance would make the fit settle at
+    σ·√((R − 1)/(R − 3)) ≈ 1.29 σ; corrected, the minimum over σ is at the truth."""
+    g = torch.Generator().manual_seed(5)
+    dt, sigma = 0.02, 0.5
+    x0 = 3 * torch.rand(1, 4000, 1, generator=g, dtype=D) - 1
+    x1 = x0 + sdes.OU(2.0, 0.5, sigma).drift(x0) * dt + sigma * math.sqrt(dt) * torch.randn(x0.shape, generator=g, dtype=D)
+    grid = torch.linspace(0.35, 0.8, 46).tolist()
+
+    def argmin(correct):
+        loss = [float(sdes.transition_nll(_ScaledOU(s), x0, x1, dt=dt, substeps=1, replicas=6, bm_seed=7,
+                                          variance_correction=correct)) for s in grid]
+        return grid[loss.index(min(loss))]
+
+    assert argmin(True) == pytest.approx(sigma, abs=0.03)
+    assert argmin(False) == pytest.approx(sigma * math.sqrt(5 / 3), abs=0.04)
 
 
 def test_adjoint_memory_is_flat_and_its_gradient_close():
