@@ -112,7 +112,8 @@ def selective_case(rec, tag, shape, dtype, device, mrt, copy_bps, hw):
             A2 = (A.float() * scan.LOG2E).contiguous()
             bsz, l, d = u.shape
             grid = lambda meta: (bsz, (d + meta["BLOCK_D"] - 1) // meta["BLOCK_D"])  # noqa: E731
-            bare = lambda: scan._ssm_fwd_tuned[grid](u, delta, A2, B, C, D, y, y, l, d, A.shape[1], 1,  # noqa: E731
+            scr = scan.ssm_scratch(bsz, d, A.shape[1], u.dtype, u.device)
+            bare = lambda: scan._ssm_fwd_tuned[grid](u, delta, A2, B, C, D, y, y, scr, l, d, A.shape[1], 1,  # noqa: E731
                                                       HAS_D=True, STORE_STATES=False, BLOCK_N=max(2, scan._pow2(A.shape[1])),
                                                       RUN=scan.SSM_RUN, ACC=scan.tl.float32)
             rec.set(f"{key}.seconds.triton_kernel", _cli.kernel_seconds(bare, device))

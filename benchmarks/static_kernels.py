@@ -44,7 +44,7 @@ def predictions(rows: list[dict]) -> list[dict]:
     def best(kernel, **match):
         cands = [r for r in rows if r["kernel"] == kernel and r["arch"] == 90 and r["dtype"] == "fp32"
                  and "per_element" in r and all(r["config"].get(k) == v for k, v in match.items())]
-        return min(cands, key=lambda r: r["per_element"]["shfl"], default=None)
+        return min(cands, key=lambda r: (r["per_element"]["instructions"], r["per_element"]["shfl"]), default=None)
 
     def per(r, k):
         return r["ptx"]["main_loop"][k] / r["per_element"]["elements_per_thread_per_trip"]

@@ -348,7 +348,8 @@ def _grads64(args, g, fn):
 
 
 @needs_triton
-@pytest.mark.parametrize("config", list(__import__("dynbook.kernels.scan", fromlist=["x"]).SSM_FWD_CONFIGS),
+@pytest.mark.parametrize("config", sorted({*__import__("dynbook.kernels.scan", fromlist=["x"]).SSM_FWD_CONFIGS,
+                                            *__import__("dynbook.kernels.scan", fromlist=["x"]).SSM_FWD_CONFIGS_SMALL}),
                          ids=str)
 def test_triton_selective_scan_every_autotune_config(config):
     """Every configuration the forward's autotuner may choose, float64, partial chunks and

@@ -30,9 +30,11 @@ chunk inside one program, so any ``l`` works and every input is read once.
 ``selective_scan``'s forward is laid out as Mamba's CUDA kernel is: a chunk is a
 ``(RUN, PAR, BLOCK_D)`` tile whose RUN consecutive tokens of one channel sit in one thread's
 registers, so the scan along a run needs no shuffles; only the PAR run totals are scanned across
-threads. It loops over the ``n`` states (registers do not grow with ``n``; ``n ≤ MAX_N``) and
-uses ``exp2`` of ``Δ · A log₂e``: one MUFU instruction per (token, channel, state). Compiled
-for sm_90 it needs 1 exp and ~1.5 shuffles per element (``dynbook.kernels.static``).
+the lanes of one warp, in one pass that yields the state both after and before each run. It
+loops over the ``n`` states (registers do not grow with ``n``: the state carried from chunk to
+chunk lives in a small per-program scratch; ``n ≤ MAX_N``) and uses ``exp2`` of ``Δ · A log₂e``:
+one MUFU instruction per (token, channel, state). Compiled for sm_90 at (32, 32, 1 warp) it
+issues 1 exp, 0.5 shuffles and about 12 PTX instructions per element (``dynbook.kernels.static``).
 
 Gradients: ``linear_scan``'s backward is itself a reversed linear scan,
 ``λ_t = g_t + a_{t+1} λ_{t+1}``, ``∂L/∂b_t = λ_t``, ``∂L/∂a_t = λ_t h_{t−1}``, computed by the
@@ -301,15 +303,18 @@ def selective_scan_flops(b: int, l: int, d: int, n: int) -> int:
 #: tests run each in the interpreter and ``dynbook.kernels.static`` compiles each for sm_90/80/75.
 LINEAR_SCAN_CONFIGS = ((1, 1024, 4), (2, 1024, 4), (4, 512, 4), (8, 256, 4), (4, 1024, 8),
                        (16, 256, 8), (2, 2048, 8))  # (32, 128, 4) spilled in the backward
-#: (BLOCK_L, BLOCK_D, num_warps) of the redesigned selective-scan forward (the autotuner's list).
-SSM_FWD_CONFIGS = ((128, 32, 4), (64, 32, 2), (128, 16, 2), (256, 32, 8))
-#: The forward's configurations for 16 < n ≤ MAX_N or 16-bit inputs: 16 elements per thread,
-#: since the larger tiles spill there.
-SSM_FWD_CONFIGS_SMALL = ((64, 32, 4), (128, 32, 8), (128, 16, 4))
+#: (BLOCK_L, BLOCK_D, num_warps) of the selective-scan forward for float32 (the autotuner's
+#: list): one warp per program, so the scan across runs stays inside a warp (shuffles, no
+#: shared memory). (32, 32, 1) holds 32 elements per thread at 247 registers; every tile with
+#: 32 elements per thread over two or more warps spills (see dynbook.kernels.static).
+SSM_FWD_CONFIGS = ((32, 32, 1), (32, 16, 1), (16, 32, 1))
+#: The forward's configurations for 16-bit and float64 inputs, 8–16 elements per thread (the
+#: 32-element tile spills for bf16, whose loads are vectorised 8 wide).
+SSM_FWD_CONFIGS_SMALL = ((32, 16, 1), (16, 32, 1), (16, 16, 1))
 #: Tokens of one channel that one thread scans in registers (Mamba's items per thread).
 SSM_RUN = 8
-#: Largest state size the Triton selective scan takes: its carried states live in registers, and
-#: beyond 64 every configuration spills (see dynbook.kernels.static).
+#: Largest state size the Triton selective scan takes (its registers do not grow with n: the
+#: carried states live in a per-program scratch; the static table compiles n = 16 and n = 64).
 MAX_N = 64
 
 
@@ -371,69 +376,80 @@ if triton is not None:
             carry = _sum(tl.where(local[None, :] == BLOCK_L - 1, h, 0.0), 1)
 
     @triton.jit
-    def _ssm_fwd_kernel(U, DELTA, A2, B, C, D, Y, HS, L, DIM, N, N_CHUNKS, HAS_D: tl.constexpr,
+    def _combine_excl(ai1, xi1, ae1, xe1, ai2, xi2, ae2, xe2):
+        # pairs (inclusive, exclusive) of prefix maps: for segment 1 then segment 2,
+        # inclusive = incl2 ∘ incl1 and exclusive = excl2 ∘ incl1 (associative). Scanning the
+        # elements (f_p, identity) yields at p both f_p∘…∘f_0 and f_{p−1}∘…∘f_0: the state
+        # after each run and the state before it, with no shift across threads.
+        return ai1 * ai2, ai2 * xi1 + xi2, ai1 * ae2, ae2 * xi1 + xe2
+
+    @triton.jit
+    def _ssm_fwd_kernel(U, DELTA, A2, B, C, D, Y, HS, SCR, L, DIM, N, N_CHUNKS, HAS_D: tl.constexpr,
                         STORE_STATES: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_N: tl.constexpr, RUN: tl.constexpr, ACC: tl.constexpr):
         """One program per (batch, block of BLOCK_D channels), walking the sequence in chunks of
         BLOCK_L = RUN · PAR tokens held as a ``(RUN, PAR, BLOCK_D)`` tile: channels across lanes
-        (``d`` is contiguous in memory), PAR runs across lanes and warps, and the RUN consecutive
-        tokens of a run in one thread's registers (Mamba's "a thread owns a run of tokens").
+        (``d`` is contiguous in memory), PAR runs across lanes, and the RUN consecutive tokens
+        of a run in one thread's registers (Mamba's "a thread owns a run of tokens").
 
         For each state ``n`` (a loop: registers do not grow with ``n``): ``Ā = exp2(Δ · A log₂e)``
-        (one MUFU op), ``B̄u = Δ u B_n``; a scan along each run inside the thread; a scan of the
-        PAR run totals across threads; each run started from the state its predecessor left
-        (the chunk's first from the carried state); ``y += C_n h``. The state at each chunk's
-        start lives in ``carry: (BLOCK_N, BLOCK_D)`` and, when STORE_STATES, is written to
-        ``HS: (b, N_CHUNKS, N, DIM)`` for the backward."""
+        (one MUFU op), ``B̄u = Δ u B_n``; a scan along each run inside the thread; one scan of
+        the PAR run totals across lanes that gives, with :func:`_combine_excl`, both the state
+        after each run and the state before it (no gather); ``y += C_n h``. The state carried
+        from chunk to chunk is kept per program in ``SCR: (b, ⌈d/BLOCK_D⌉, BLOCK_N, BLOCK_D)``
+        (a few KB that stay in L1/L2), not in a register tile selected by ``n``; when
+        STORE_STATES, each chunk's starting state is also written to ``HS: (b, N_CHUNKS, N,
+        DIM)`` for the backward."""
         PAR: tl.constexpr = BLOCK_L // RUN
         pid_b = tl.program_id(0)
         pid_d = tl.program_id(1)
         ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        ns = tl.arange(0, BLOCK_N)
         r = tl.arange(0, RUN)
         p = tl.arange(0, PAR)
-        d_ok = ds < DIM
-        if HAS_D:
-            D_d = tl.load(D + ds, mask=d_ok, other=0.0).to(ACC)
-        carry = tl.full([BLOCK_N, BLOCK_D], 0.0, ACC)
         base = pid_b.to(tl.int64) * L
-        hs_base = pid_b.to(tl.int64) * N_CHUNKS * N
         within = r[:, None] + p[None, :] * RUN  # (RUN, PAR): token within the chunk
-        prev = tl.maximum(p - 1, 0)[:, None] + 0 * ds[None, :]  # the run before each run
+        w3 = within[:, :, None] + 0 * ds[None, None, :]
+        ds3 = ds[None, None, :] + 0 * within[:, :, None]
+        d_ok3 = ds3 < DIM
         last = r[:, None, None] == RUN - 1
+        # this program's carried states, one row of BLOCK_D per state (as a (PAR, BLOCK_D) tile)
+        scr = SCR + (pid_b.to(tl.int64) * tl.num_programs(1) + pid_d) * BLOCK_N * BLOCK_D + \
+            (tl.arange(0, BLOCK_D)[None, :] + 0 * p[:, None])
+        one = tl.full([PAR, BLOCK_D], 1.0, ACC)
+        zero = tl.full([PAR, BLOCK_D], 0.0, ACC)
+        if HAS_D:
+            D3 = tl.load(D + ds3, mask=d_ok3, other=0.0).to(ACC)
         for c in range(0, (L + BLOCK_L - 1) // BLOCK_L):  # N_CHUNKS only indexes HS
-            ts = c * BLOCK_L + within
-            t_ok = ts < L
-            tok = base + ts
-            m = t_ok[:, :, None] & d_ok[None, None, :]
-            off = tok[:, :, None] * DIM + ds[None, None, :]
+            tl.debug_barrier()  # the states the previous chunk left in SCR are visible to every thread
+            ts = c * BLOCK_L + w3
+            m = (ts < L) & d_ok3
+            off = (base + ts) * DIM + ds3
             u = tl.load(U + off, mask=m, other=0.0).to(ACC)
             # padded tokens and channels: Δ = 0 → Ā = 1 and B̄u = 0, the identity step
             dt = tl.load(DELTA + off, mask=m, other=0.0).to(ACC)
             dtu = dt * u
-            if STORE_STATES:
-                hs_off = (hs_base + c * N + ns[:, None]) * DIM + ds[None, :]
-                tl.store(HS + hs_off, carry, mask=(ns[:, None] < N) & d_ok[None, :])
             if HAS_D:
-                y = D_d[None, None, :] * u
+                y = D3 * u
             else:
                 y = tl.full([RUN, PAR, BLOCK_D], 0.0, ACC)
             for n in range(0, N):
-                a_n = tl.load(A2 + ds * N + n, mask=d_ok, other=0.0).to(ACC)
-                b_n = tl.load(B + tok * N + n, mask=t_ok, other=0.0).to(ACC)
-                c_n = tl.load(C + tok * N + n, mask=t_ok, other=0.0).to(ACC)
-                dA = tl.exp2(dt * a_n[None, None, :])
-                dBu = dtu * b_n[:, :, None]
-                a_k, x_k = tl.associative_scan((dA, dBu), 0, _combine)  # along each run: in-thread
+                tok = base + c * BLOCK_L + within
+                t_ok = tok < base + L
+                a_n = tl.load(A2 + ds * N + n, mask=ds < DIM, other=0.0)[None, None, :]
+                b_n = tl.load(B + tok * N + n, mask=t_ok, other=0.0).to(ACC)[:, :, None]
+                c_n = tl.load(C + tok * N + n, mask=t_ok, other=0.0).to(ACC)[:, :, None]
+                dA = tl.exp2(dt * a_n)
+                a_k, x_k = tl.associative_scan((dA, dtu * b_n), 0, _combine)  # along each run: in-thread
+                h0 = tl.load(scr + n * BLOCK_D, mask=c > 0, other=0.0)  # the chunk's starting state
+                if STORE_STATES:
+                    hs_off = (pid_b.to(tl.int64) * N_CHUNKS * N + c * N + n) * DIM + ds[None, :] + 0 * p[:, None]
+                    tl.store(HS + hs_off, h0, mask=(p[:, None] == 0) & (ds[None, :] < DIM))
                 # run totals (each run's last step, read in registers), scanned across the runs
-                pa, px = tl.associative_scan((_sum(tl.where(last, a_k, 0.0), 0), _sum(tl.where(last, x_k, 0.0), 0)),
-                                             0, _combine)
-                is_n = ns[:, None] == n
-                h0 = _sum(tl.where(is_n, carry, 0.0), 0)
-                h_end = pa * h0[None, :] + px  # the state after each run
-                h_start = tl.where(p[:, None] == 0, h0[None, :], tl.gather(h_end, prev, 0))
-                y += (a_k * h_start[None, :, :] + x_k) * c_n[:, :, None]
-                carry = tl.where(is_n, _sum(tl.where(p[:, None] == PAR - 1, h_end, 0.0), 0)[None, :], carry)
+                ai, xi, ae, xe = tl.associative_scan((_sum(tl.where(last, a_k, 0.0), 0), _sum(tl.where(last, x_k, 0.0), 0),
+                                                      one, zero), 0, _combine_excl)
+                h_start = ae * h0 + xe  # the state before each run
+                y += (a_k * h_start[None, :, :] + x_k) * c_n
+                tl.store(scr + n * BLOCK_D, ai * h0 + xi, mask=p[:, None] == PAR - 1)  # the state after the chunk
             tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
 
     @triton.jit
@@ -566,7 +582,8 @@ if triton is not None:
     )(_ssm_fwd_kernel)
 
 
-_JIT_NAMES = ("_combine", "_add", "_sum", "_linear_scan_kernel", "_ssm_fwd_kernel", "_ssm_bwd_kernel")
+_JIT_NAMES = ("_combine", "_combine_excl", "_add", "_sum", "_linear_scan_kernel", "_ssm_fwd_kernel",
+              "_ssm_bwd_kernel")
 _KERNELS = KernelSet(globals(), _JIT_NAMES)
 
 
@@ -650,9 +667,10 @@ LOG2E = 1.4426950408889634
 
 
 def ssm_forward_configs(n: int, dtype: torch.dtype) -> tuple:
-    """The forward autotuner's candidates for ``n`` states and input ``dtype``: 32 elements per
-    thread for float32 with n ≤ 16, 16 otherwise (the larger tiles spill there)."""
-    return SSM_FWD_CONFIGS if (n <= 16 and dtype in (torch.float32, torch.float64)) else SSM_FWD_CONFIGS_SMALL
+    """The forward autotuner's candidates for ``n ≤ MAX_N`` states and input ``dtype``: 32
+    elements per thread for float32, 8–16 otherwise (the larger tile spills there). The
+    registers do not depend on ``n``."""
+    return SSM_FWD_CONFIGS if dtype == torch.float32 else SSM_FWD_CONFIGS_SMALL
 
 
 def triton_supports(dtype: torch.dtype, capability: tuple[int, int]) -> bool:
@@ -678,6 +696,13 @@ SSM_BWD_MAX_N = 16
 SSM_BWD_CONFIGS = tuple(sorted({ssm_backward_config(l, d) for l in (1, 16, 32, 4096) for d in (1, 16, 32, 4096)}))
 
 
+def ssm_scratch(bsz: int, d: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The forward's per-program carried states for whichever configuration the autotuner picks:
+    ``b · ⌈d/BLOCK_D⌉ · BLOCK_N · BLOCK_D`` accumulator values at most (a few hundred KB)."""
+    most = max(bd for _, bd, _ in ssm_forward_configs(n, dtype))
+    return torch.empty(bsz * max(2, _pow2(n)) * (d + most), dtype=_acc_dtype(dtype), device=device)
+
+
 def _launch_ssm(u, delta, A, B, C, D, *, blocks=None, store_states=False):
     """Forward kernel; returns ``y`` and (when ``store_states``) the chunk-start states
     ``(b, chunks, n, d)`` in the accumulation dtype. ``blocks``: (BLOCK_L, BLOCK_D[, warps])."""
@@ -693,8 +718,9 @@ def _launch_ssm(u, delta, A, B, C, D, *, blocks=None, store_states=False):
     acc = _tl_acc(u.dtype)
     if u.is_cuda and blocks is None and not store_states:
         grid = lambda meta: (bsz, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+        scr = ssm_scratch(bsz, d, n, u.dtype, u.device)
         with _on(u.device):
-            _ssm_fwd_tuned[grid](u, delta, A2, B, C, D_arg, y, y, L, d, n, 1, HAS_D=has_d,
+            _ssm_fwd_tuned[grid](u, delta, A2, B, C, D_arg, y, y, scr, L, d, n, 1, HAS_D=has_d,
                                  STORE_STATES=False, BLOCK_N=bn, RUN=SSM_RUN, ACC=acc)
         return y, None
     if blocks is None:
@@ -703,9 +729,10 @@ def _launch_ssm(u, delta, A, B, C, D, *, blocks=None, store_states=False):
     warps = blocks[2] if len(blocks) > 2 else 4
     n_chunks = triton.cdiv(L, bl)
     hs = torch.empty((bsz, n_chunks, n, d), dtype=acc_t, device=u.device) if store_states else y
+    scr = torch.empty((bsz, triton.cdiv(d, bd), bn, bd), dtype=acc_t, device=u.device)
     with _on(u.device):
         _kernel("_ssm_fwd_kernel", u.device)[(bsz, triton.cdiv(d, bd))](
-            u, delta, A2, B, C, D_arg, y, hs, L, d, n, n_chunks, HAS_D=has_d, STORE_STATES=store_states,
+            u, delta, A2, B, C, D_arg, y, hs, scr, L, d, n, n_chunks, HAS_D=has_d, STORE_STATES=store_states,
             BLOCK_L=bl, BLOCK_D=bd, BLOCK_N=bn, RUN=min(SSM_RUN, bl), ACC=acc, num_warps=warps)
     return y, (hs if store_states else None)
 
@@ -925,7 +952,7 @@ def selective_scan_launches(dtype: str = "fp32", ns=(16, 64)) -> list:
     out = []
     for n in ns:
         bn = max(2, _pow2(n))
-        fwd = {"U": io, "DELTA": io, "A2": f, "B": io, "C": io, "D": f, "Y": io, "HS": f, **ints,
+        fwd = {"U": io, "DELTA": io, "A2": f, "B": io, "C": io, "D": f, "Y": io, "HS": f, "SCR": f, **ints,
                **{k: "constexpr" for k in ("HAS_D", "STORE_STATES", "BLOCK_L", "BLOCK_D", "BLOCK_N", "RUN", "ACC")}}
         bwd = {"U": io, "DELTA": io, "A2": f, "B": io, "C": io, "D": f, "GY": io, "HS": f, "DU": f, "DDELTA": f,
                "DA_PART": f, "DB": f, "DC": f, "DD_PART": f, **ints,

@@ -95,7 +95,7 @@ def choosable_launches() -> list[Launch]:
                                   sig, {"BLOCK_R": br, "BLOCK_L": bl, "REVERSE": reverse, "ACC": tl.float32}, w,
                                   elements=br * bl / (32 * w), dtype=dt,
                                   meta={"all_archs": (br, bl, w) == (4, 512, 4)}))
-    head_fwd, head_bwd = (128, 32), scan.ssm_backward_config(4096, 1024)[:2]
+    head_fwd, head_bwd = scan.SSM_FWD_CONFIGS[0][:2], scan.ssm_backward_config(4096, 1024)[:2]
     for lc in scan.selective_scan_launches("fp32", ns=(16, 64)):
         if lc.kernel == "_ssm_fwd_kernel" and not lc.config.get("STORE_STATES") and \
                 (lc.config["BLOCK_L"], lc.config["BLOCK_D"], lc.num_warps) not in scan.ssm_forward_configs(lc.config["n"], torch.float32):
