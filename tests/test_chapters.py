@@ -279,11 +279,13 @@ def _outcomes(record: dict) -> dict:
 
 
 def machine(record: dict) -> dict:
-    """The machine a record's last bits depend on: CPU model, its vector ISA as torch
-    dispatches it, torch's version and thread count."""
-    hw = record["hardware"]
-    return {"cpu": hw["cpu"], "cpu_capability": hw.get("cpu_capability"),
-            "torch": record["versions"]["torch"], "torch_threads": hw["torch_threads"]}
+    """The machine a record's last bits depend on: CPU model and identity (family, model,
+    stepping, feature flags: a VM may call two CPU generations "AMD EPYC"), its vector ISA as
+    torch dispatches it, the versions of torch, numpy and scipy (numpy's wheel brings its own
+    OpenBLAS) and torch's thread count."""
+    hw, v = record["hardware"], record["versions"]
+    return {"cpu": hw["cpu"], "cpu_id": hw.get("cpu_id"), "cpu_capability": hw.get("cpu_capability"),
+            "torch": v["torch"], "numpy": v.get("numpy"), "scipy": v.get("scipy"), "torch_threads": hw["torch_threads"]}
 
 
 KEPT = ("parameters", "metrics", "checks", "claims")
@@ -305,7 +307,8 @@ def test_same_seed_gives_the_same_record_twice(slug, chapter_runs):
 def test_same_seed_gives_the_committed_record(slug, chapter_runs):
     """A chapter whose record holds no timing reproduces, at seed 0, the record committed in
     tests/reference/ (a refactor that changes a result is caught): value for value on a machine
-    like the one that recorded it (``recorded_on``: CPU model, vector ISA, torch, threads);
+    like the one that recorded it (``recorded_on``: CPU model and identity, vector ISA, torch,
+    threads);
     on another, its last bits differ and the training dynamics some claims follow amplify them
     (a CPU change moved a fitted spread by 4 %), so there every claim's verdict, every
     control's verdict and every check's outcome must be the reference's. When a change of

@@ -50,12 +50,37 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_id() -> str | None:
+    """The CPU's identity beyond its name, from /proc/cpuinfo: family, model, stepping and a
+    short hash of its feature flags. Virtual machines often report a bare "AMD EPYC" as the
+    model name; two such machines of different generations give different last bits."""
+    import hashlib
+
+    try:
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("cpu family", "model", "stepping", "flags") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break  # the first processor is enough
+    except OSError:
+        return None
+    if not fields:
+        return None
+    flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:8]
+    return (f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
+            f"stepping {fields.get('stepping', '?')} flags {flags}")
+
+
 def hardware(device: str = "cpu") -> dict:
     """CPU model and core count; for CUDA, the GPU name, memory and driver."""
     import torch
 
     info = {
         "cpu": _cpu_name(),
+        "cpu_id": _cpu_id(),
         # the vector ISA torch's CPU kernels dispatch to (AVX2, AVX512, …): results in the
         # last bits depend on it, and on the CPU model's libraries' code paths
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
