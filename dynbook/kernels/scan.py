@@ -304,10 +304,12 @@ def selective_scan_flops(b: int, l: int, d: int, n: int) -> int:
 LINEAR_SCAN_CONFIGS = ((1, 1024, 4), (2, 1024, 4), (4, 512, 4), (8, 256, 4), (4, 1024, 8),
                        (16, 256, 8), (2, 2048, 8))  # (32, 128, 4) spilled in the backward
 #: (BLOCK_L, BLOCK_D, num_warps) of the selective-scan forward for float32 (the autotuner's
-#: list): one warp per program, so the scan across runs stays inside a warp (shuffles, no
-#: shared memory). (32, 32, 1) holds 32 elements per thread at 247 registers; every tile with
-#: 32 elements per thread over two or more warps spills (see dynbook.kernels.static).
-SSM_FWD_CONFIGS = ((32, 32, 1), (32, 16, 1), (16, 32, 1))
+#: list). (32, 32, 1) holds 32 elements per thread in one warp, so the scan across runs is
+#: shuffles only, and issues the fewest instructions per element; the two-warp tiles (also 32
+#: per thread) and the 16-per-thread tiles (about twice the instructions per element) put more
+#: warps on each SM when b·d is small, which only a GPU can weigh. Larger tiles spill (see
+#: dynbook.kernels.static).
+SSM_FWD_CONFIGS = ((32, 32, 1), (64, 32, 2), (32, 64, 2), (32, 16, 1), (16, 32, 1))
 #: The forward's configurations for 16-bit and float64 inputs, 8–16 elements per thread (the
 #: 32-element tile spills for bf16, whose loads are vectorised 8 wide).
 SSM_FWD_CONFIGS_SMALL = ((32, 16, 1), (16, 32, 1), (16, 16, 1))
@@ -411,6 +413,7 @@ if triton is not None:
         w3 = within[:, :, None] + 0 * ds[None, None, :]
         ds3 = ds[None, None, :] + 0 * within[:, :, None]
         d_ok3 = ds3 < DIM
+        tile_off = w3 * DIM + ds3  # offsets inside a chunk (int32)
         last = r[:, None, None] == RUN - 1
         # this program's carried states, one row of BLOCK_D per state (as a (PAR, BLOCK_D) tile)
         scr = SCR + (pid_b.to(tl.int64) * tl.num_programs(1) + pid_d) * BLOCK_N * BLOCK_D + \
@@ -450,7 +453,11 @@ if triton is not None:
                 h_start = ae * h0 + xe  # the state before each run
                 y += (a_k * h_start[None, :, :] + x_k) * c_n
                 tl.store(scr + n * BLOCK_D, ai * h0 + xi, mask=p[:, None] == PAR - 1)  # the state after the chunk
-            tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+            if STORE_STATES:  # small tiles: registers to spare
+                tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+            else:  # addresses and mask formed again rather than kept live across the n loop
+                tl.store(Y + (base + c * BLOCK_L) * DIM + tile_off, y.to(Y.dtype.element_ty),
+                         mask=(w3 < L - c * BLOCK_L) & d_ok3)
 
     @triton.jit
     def _ssm_bwd_kernel(U, DELTA, A2, B, C, D, GY, HS, DU, DDELTA, DA_PART, DB, DC, DD_PART,
