@@ -34,12 +34,16 @@ __version__ = "0.1.0"
 
 
 def setup(chapter: str, namespace: Mapping[str, Any], schema: Mapping | None = None, *,
-          metrics_dir: str | None = None) -> Run:
+          cpu_only: bool = False, metrics_dir: str | None = None) -> Run:
     """Validate a chapter's parameters, seed everything and start its record.
 
     ``namespace`` is the notebook's ``globals()``: every plain-valued public name in it (the
     parameters cell's names and those papermill injected) must be in ``COMMON`` + ``schema``.
     Raises :class:`ParameterError` before any work if a name, type or value is not allowed.
+
+    ``cpu_only``: the chapter computes on the CPU whatever the machine has, so its run and its
+    record say ``device = 'cpu'`` (and ``profile = 'auto'`` resolves to ``quick``) even where
+    CUDA was asked for or is available: a record must not call CPU timings GPU figures.
     """
     from dynbook.book import record as _record, params as _params, show as _show
 
@@ -53,6 +57,9 @@ def setup(chapter: str, namespace: Mapping[str, Any], schema: Mapping | None = N
     values = given if first else {k: v for k, v in given.items() if k in known}
     values = _params.validate(values, schema, strict=True)
     device = _params.resolve_device(values["device"])
+    if cpu_only and device != "cpu":
+        print(f"{chapter} computes on the CPU only: device {values['device']!r} → 'cpu'")
+        device = "cpu"
     profile = _params.resolve_profile(values["profile"], device)
     values = _params.resolve_defaults(values, schema, profile)
     _params.seed_everything(values["seed"])

@@ -63,6 +63,22 @@ def test_setup_rejects_unknown_and_bad_parameters_before_any_work(tmp_path, monk
         dynbook.setup("99_test", ns, {"n": dynbook.book.params.Int(1, 8)}, metrics_dir=str(tmp_path))
 
 
+@pytest.mark.parametrize("cpu_only", [False, True])
+def test_a_cpu_only_chapter_records_the_cpu_even_where_cuda_is_available(tmp_path, monkeypatch, cpu_only):
+    """On a GPU machine ('auto' resolves to CUDA), a chapter that declares cpu_only runs and
+    records device 'cpu' and the quick profile; any other chapter takes CUDA and 'full'."""
+    monkeypatch.setattr(dynbook, "_setup_calls", 0)
+    monkeypatch.setattr(dynbook.book.params, "cuda_available", lambda: True)
+    monkeypatch.setattr(dynbook.book.environment, "hardware", lambda device="cpu": {
+        "cpu": "test", "torch_threads": 1, **({"gpu": "test GPU"} if device == "cuda" else {})})
+    run = dynbook.setup("99_test", {"profile": "auto", "device": "auto", "seed": 0}, {}, cpu_only=cpu_only,
+                        metrics_dir=str(tmp_path))
+    want = ("cpu", "quick") if cpu_only else ("cuda", "full")
+    assert (run.device, run.profile) == want
+    rec = json.loads((tmp_path / "99_test.json").read_text())
+    assert (rec["device"], rec["profile"]) == want and ("gpu" in rec["hardware"]) is not cpu_only
+
+
 def test_setup_returns_resolved_run(tmp_path, monkeypatch):
     monkeypatch.setattr(dynbook, "_setup_calls", 0)
     run = dynbook.setup("99_test", {"profile": "auto", "device": "cpu", "seed": 5, "n": None},
