@@ -100,7 +100,8 @@ def test_variance_correction_puts_the_likelihoods_minimum_at_the_true_diffusion(
     g = torch.Generator().manual_seed(5)
     dt, sigma = 0.02, 0.5
     x0 = 3 * torch.rand(1, 4000, 1, generator=g, dtype=D) - 1
-    x1 = x0 + sdes.OU(2.0, 0.5, sigma).drift(x0) * dt + sigma * math.sqrt(dt) * torch.randn(x0.shape, generator=g, dtype=D)
+    noise = torch.randn(x0.shape, generator=g, dtype=D)
+    x1 = x0 + sdes.OU(2.0, 0.5, sigma).drift(x0) * dt + sigma * math.sqrt(dt) * noise
     grid = torch.linspace(0.35, 0.8, 46).tolist()
 
     def argmin(correct):

@@ -30,12 +30,12 @@ chunk inside one program, so any ``l`` works and every input is read once.
 ``selective_scan``'s forward is laid out as Mamba's CUDA kernel is: a chunk is a
 ``(RUN, PAR, BLOCK_D)`` tile whose RUN consecutive tokens of one channel sit in one thread's
 registers, so the scan along a run needs no shuffles; only the PAR run totals are scanned across
-threads (the lanes of one warp in the headline tile), in one pass that yields the state both after and before each run. It
-loops over the ``n`` states (registers do not grow with ``n``: the state carried from chunk to
-chunk lives in a small per-program scratch; ``n ≤ MAX_N``) and uses ``exp2`` of ``Δ · A log₂e``:
-one MUFU instruction per (token, channel, state). Compiled for sm_90 at (32, 32, 1 warp) it
-issues 1 exp, 1.5 shuffles and 11.9 instructions per element in its PTX (10.6 in the SASS;
-``dynbook.kernels.static``).
+threads (the lanes of one warp in the headline tile), in one pass that yields the state both
+after and before each run. It loops over the ``n`` states (registers do not grow with ``n``: the
+state carried from chunk to chunk lives in a small per-program scratch; ``n ≤ MAX_N``) and uses
+``exp2`` of ``Δ · A log₂e``: one MUFU instruction per (token, channel, state). Compiled for
+sm_90 at (32, 32, 1 warp) it issues 1 exp, 1.5 shuffles and 11.9 instructions per element in
+its PTX (10.6 in the SASS; ``dynbook.kernels.static``).
 
 Gradients: ``linear_scan``'s backward is itself a reversed linear scan,
 ``λ_t = g_t + a_{t+1} λ_{t+1}``, ``∂L/∂b_t = λ_t``, ``∂L/∂a_t = λ_t h_{t−1}``, computed by the
@@ -449,8 +449,9 @@ if triton is not None:
                     hs_off = (pid_b.to(tl.int64) * N_CHUNKS * N + c * N + n) * DIM + ds[None, :] + 0 * p[:, None]
                     tl.store(HS + hs_off, h0, mask=(p[:, None] == 0) & (ds[None, :] < DIM))
                 # run totals (each run's last step, read in registers), scanned across the runs
-                ai, xi, ae, xe = tl.associative_scan((_sum(tl.where(last, a_k, 0.0), 0), _sum(tl.where(last, x_k, 0.0), 0),
-                                                      one, zero), 0, _combine_excl)
+                a_t = _sum(tl.where(last, a_k, 0.0), 0)
+                x_t = _sum(tl.where(last, x_k, 0.0), 0)
+                ai, xi, ae, xe = tl.associative_scan((a_t, x_t, one, zero), 0, _combine_excl)
                 h_start = ae * h0 + xe  # the state before each run
                 y += (a_k * h_start[None, :, :] + x_k) * c_n
                 tl.store(scr + n * BLOCK_D, ai * h0 + xi, mask=p[:, None] == PAR - 1)  # the state after the chunk
