@@ -116,9 +116,11 @@ def test_bf16_on_sm75_falls_back():
 def test_live_compile_matches_the_table():
     """Compile the headline forward of selective_scan for sm_90 now (a fresh process without
     TRITON_INTERPRET) and compare with the stored row."""
+    from dynbook.kernels import scan
+
     t = _table()
     want = next(r for r in t["rows"] if r["kernel"] == "_ssm_fwd_kernel" and r["arch"] == 90 and r["dtype"] == "fp32"
-                and r["config"] == {"BLOCK_L": 32, "BLOCK_D": 32, "n": 16})
+                and r["config"] == {"BLOCK_L": scan.SSM_FWD_CONFIGS[0][0], "BLOCK_D": scan.SSM_FWD_CONFIGS[0][1], "n": 16})
     code = ("import json; from dynbook.kernels import static; "
             "lc = next(l for l in static.choosable_launches() if l.key() == %r); "
             "r = static.compile_launch(lc, 90); print(json.dumps({k: r.get(k) for k in "

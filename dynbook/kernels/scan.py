@@ -436,9 +436,9 @@ if triton is not None:
                 y = D3 * u
             else:
                 y = tl.full([RUN, PAR, BLOCK_D], 0.0, ACC)
+            tok = base + c * BLOCK_L + within
+            t_ok = tok < base + L
             for n in range(0, N):
-                tok = base + c * BLOCK_L + within
-                t_ok = tok < base + L
                 a_n = tl.load(A2 + ds * N + n, mask=ds < DIM, other=0.0)[None, None, :]
                 b_n = tl.load(B + tok * N + n, mask=t_ok, other=0.0).to(ACC)[:, :, None]
                 c_n = tl.load(C + tok * N + n, mask=t_ok, other=0.0).to(ACC)[:, :, None]
@@ -580,7 +580,7 @@ if triton is not None:
         key=["R", "L", "REVERSE"],
     )(_linear_scan_kernel)
     def _prune_ssm(configs, named_args, **kwargs):
-        small = ssm_forward_configs(named_args["N"], named_args["U"].dtype) is SSM_FWD_CONFIGS_SMALL
+        small = ssm_forward_configs(named_args["U"].dtype) is SSM_FWD_CONFIGS_SMALL
         keep = {(bl, bd, w) for bl, bd, w in (SSM_FWD_CONFIGS_SMALL if small else SSM_FWD_CONFIGS)}
         return [c for c in configs if (c.kwargs["BLOCK_L"], c.kwargs["BLOCK_D"], c.num_warps) in keep]
 
@@ -675,10 +675,10 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, *, impl: str = "auto",
 LOG2E = 1.4426950408889634
 
 
-def ssm_forward_configs(n: int, dtype: torch.dtype) -> tuple:
-    """The forward autotuner's candidates for ``n ≤ MAX_N`` states and input ``dtype``: 32
-    elements per thread for float32, 8–16 otherwise (the larger tile spills there). The
-    registers do not depend on ``n``."""
+def ssm_forward_configs(dtype: torch.dtype) -> tuple:
+    """The forward autotuner's candidates for input ``dtype``: 32 elements per thread for
+    float32, 8–16 otherwise (the larger tile spills there). The registers do not depend on the
+    number of states, so neither does the list."""
     return SSM_FWD_CONFIGS if dtype == torch.float32 else SSM_FWD_CONFIGS_SMALL
 
 
@@ -705,10 +705,11 @@ SSM_BWD_MAX_N = 16
 SSM_BWD_CONFIGS = tuple(sorted({ssm_backward_config(l, d) for l in (1, 16, 32, 4096) for d in (1, 16, 32, 4096)}))
 
 
-def ssm_scratch(bsz: int, d: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """The forward's per-program carried states for whichever configuration the autotuner picks:
-    ``b · ⌈d/BLOCK_D⌉ · BLOCK_N · BLOCK_D`` accumulator values at most (a few hundred KB)."""
-    most = max(bd for _, bd, _ in ssm_forward_configs(n, dtype))
+def ssm_scratch(bsz: int, d: int, n: int, dtype: torch.dtype, device, *, block_d: int | None = None) -> torch.Tensor:
+    """The forward's per-program carried states: ``b · ⌈d/BLOCK_D⌉ · BLOCK_N · BLOCK_D``
+    accumulator values, for ``block_d`` or (None) whichever configuration the autotuner picks
+    (a few hundred KB)."""
+    most = block_d or max(bd for _, bd, _ in ssm_forward_configs(dtype))
     return torch.empty(bsz * max(2, _pow2(n)) * (d + most), dtype=_acc_dtype(dtype), device=device)
 
 
@@ -738,7 +739,7 @@ def _launch_ssm(u, delta, A, B, C, D, *, blocks=None, store_states=False):
     warps = blocks[2] if len(blocks) > 2 else 4
     n_chunks = triton.cdiv(L, bl)
     hs = torch.empty((bsz, n_chunks, n, d), dtype=acc_t, device=u.device) if store_states else y
-    scr = torch.empty((bsz, triton.cdiv(d, bd), bn, bd), dtype=acc_t, device=u.device)
+    scr = ssm_scratch(bsz, d, n, u.dtype, u.device, block_d=bd)
     with _on(u.device):
         _kernel("_ssm_fwd_kernel", u.device)[(bsz, triton.cdiv(d, bd))](
             u, delta, A2, B, C, D_arg, y, hs, scr, L, d, n, n_chunks, HAS_D=has_d, STORE_STATES=store_states,

@@ -98,7 +98,7 @@ def choosable_launches() -> list[Launch]:
     head_fwd, head_bwd = scan.SSM_FWD_CONFIGS[0][:2], scan.ssm_backward_config(4096, 1024)[:2]
     for lc in scan.selective_scan_launches("fp32", ns=(16, 64)):
         if lc.kernel == "_ssm_fwd_kernel" and not lc.config.get("STORE_STATES") and \
-                (lc.config["BLOCK_L"], lc.config["BLOCK_D"], lc.num_warps) not in scan.ssm_forward_configs(lc.config["n"], torch.float32):
+                (lc.config["BLOCK_L"], lc.config["BLOCK_D"], lc.num_warps) not in scan.ssm_forward_configs(torch.float32):
             continue
         pair = (lc.config["BLOCK_L"], lc.config["BLOCK_D"])
         head = head_bwd if (lc.kernel == "_ssm_bwd_kernel" or lc.config.get("STORE_STATES")) else head_fwd
@@ -106,7 +106,7 @@ def choosable_launches() -> list[Launch]:
         out.append(lc)
     for lc in scan.selective_scan_launches("bf16", ns=(16,)):
         if lc.kernel == "_ssm_fwd_kernel" and not lc.config.get("STORE_STATES") and \
-                (lc.config["BLOCK_L"], lc.config["BLOCK_D"], lc.num_warps) in scan.ssm_forward_configs(16, torch.bfloat16):
+                (lc.config["BLOCK_L"], lc.config["BLOCK_D"], lc.num_warps) in scan.ssm_forward_configs(torch.bfloat16):
             lc.meta["all_archs"] = True
             out.append(lc)
     head = rk4.pick_config(1024, 2, 64)

@@ -184,7 +184,7 @@ def transition_nll(model: NeuralSDE, x0, x1, *, dt: float, substeps: int, replic
     the stochastic adjoint). Returns the per-member mean NLL ``(members,)``.
 
     ``variance_correction``: the sample variance s² of R replicas is noisy, and E[1/s²] =
-    σ²⁻¹ (R − 1)/(R − 3) for Gaussian replicas, so minimising the NLL with s² in place of σ²
+    (R − 1)/((R − 3) σ²) for Gaussian replicas, so minimising the NLL with s² in place of σ²
     would settle on a variance (R − 1)/(R − 3) times too large. Scaling s² by that factor
     makes the expected loss's minimiser the true transition variance (needs R ≥ 4; the mean's
     own noise, σ²/R, adds a term that does not depend on the model's variance)."""
